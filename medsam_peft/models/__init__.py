@@ -1,0 +1,20 @@
+"""SAM-family backbones built from the official ``segment_anything`` classes."""
+
+from medsam_peft.models.build import build_sam, lite_medsam_checkpoint_path, resolve_checkpoint
+from medsam_peft.models.checkpoint import CheckpointError, load_checkpoint_into, read_state_dict
+from medsam_peft.models.promptable_sam import PromptableSam
+from medsam_peft.models.registry import BACKBONES, BackboneSpec, get_backbone_spec, list_backbones
+
+__all__ = [
+    "BACKBONES",
+    "BackboneSpec",
+    "CheckpointError",
+    "PromptableSam",
+    "build_sam",
+    "get_backbone_spec",
+    "list_backbones",
+    "lite_medsam_checkpoint_path",
+    "load_checkpoint_into",
+    "read_state_dict",
+    "resolve_checkpoint",
+]

@@ -1,0 +1,186 @@
+"""A trainable, batched SAM forward on top of the official ``segment_anything`` modules.
+
+``segment_anything.modeling.Sam.forward`` runs under ``torch.no_grad`` and takes a list of per-image dicts, and its
+mask decoder repeats the image embedding once per prompt (it assumes one image per call). ``PromptableSam`` keeps
+the official modules untouched and calls them image by image with gradients enabled.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# SAM's pixel statistics are given on the 0-255 scale; our inputs are in [0, 1].
+_IMAGENET_MEAN = (123.675 / 255.0, 116.28 / 255.0, 103.53 / 255.0)
+_IMAGENET_STD = (58.395 / 255.0, 57.12 / 255.0, 57.375 / 255.0)
+PIXEL_NORMALIZATIONS = ("imagenet", "unit")
+
+
+class PromptableSam(nn.Module):
+    """SAM image encoder + prompt encoder + mask decoder with a differentiable batched forward.
+
+    Args:
+        image_encoder: ``ImageEncoderViT`` or LiteMedSAM's ``TinyViT``; maps (B, 3, S, S) to (B, C, S/16, S/16).
+        prompt_encoder: the official ``PromptEncoder``.
+        mask_decoder: the official ``MaskDecoder``.
+        pixel_normalization: ``"imagenet"`` applies SAM's mean/std to [0, 1] inputs; ``"unit"`` feeds [0, 1] inputs
+            unchanged (LiteMedSAM's preprocessing).
+        backbone: registry name, recorded in adapter files.
+
+    Inputs to ``forward`` are images already resized and padded to ``image_size`` (see
+    ``medsam_peft.transforms``), with intensities in [0, 1], and prompts in that pixel frame (x, y order).
+    """
+
+    def __init__(
+        self,
+        image_encoder: nn.Module,
+        prompt_encoder: nn.Module,
+        mask_decoder: nn.Module,
+        *,
+        pixel_normalization: str = "imagenet",
+        backbone: str = "custom",
+    ) -> None:
+        super().__init__()
+        if pixel_normalization not in PIXEL_NORMALIZATIONS:
+            raise ValueError(f"pixel_normalization must be one of {PIXEL_NORMALIZATIONS}, got {pixel_normalization!r}")
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.pixel_normalization = pixel_normalization
+        self.backbone = backbone
+        self.register_buffer("pixel_mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.prompt_encoder.input_image_size[0])
+
+    @property
+    def num_mask_tokens(self) -> int:
+        return int(self.mask_decoder.num_mask_tokens)
+
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        if self.pixel_normalization == "imagenet":
+            return (image - self.pixel_mean) / self.pixel_std
+        return image
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) images in [0, 1] -> (B, C, S/16, S/16) embeddings."""
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(image.shape)}")
+        if tuple(image.shape[-2:]) != (self.image_size, self.image_size):
+            raise ValueError(
+                f"images must be {self.image_size}x{self.image_size} for this model, got "
+                f"{tuple(image.shape[-2:])}; resize/pad them first (medsam_peft.transforms.ResizeLongestSide)"
+            )
+        return self.image_encoder(self.normalize(image))
+
+    def _prompt_embeddings(
+        self,
+        index: int,
+        boxes: torch.Tensor | None,
+        points: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sparse/dense prompt embeddings for image ``index``; no prompt gives Conv-LoRA's prompt-free mode."""
+        encoder = self.prompt_encoder
+        if boxes is None and points is None:
+            # Prompt-free: no sparse tokens, dense embedding = no_mask_embed (as the Conv-LoRA reference).
+            h, w = encoder.image_embedding_size
+            weight = encoder.no_mask_embed.weight
+            sparse = weight.new_zeros(1, 0, weight.shape[1])
+            dense = weight.reshape(1, -1, 1, 1).expand(1, -1, h, w)
+            return sparse, dense
+        box = None
+        if boxes is not None:
+            box = boxes[index].reshape(-1, 4).to(torch.float32)
+        point_prompt = None
+        if points is not None:
+            if point_labels is None:
+                raise ValueError("points were given without point_labels (1 = foreground, 0 = background)")
+            coords = points[index].reshape(1, -1, 2).to(torch.float32)
+            labels = point_labels[index].reshape(1, -1).to(torch.float32)
+            if box is not None and box.shape[0] != 1:
+                coords, labels = coords.expand(box.shape[0], -1, -1), labels.expand(box.shape[0], -1)
+            point_prompt = (coords, labels)
+        return encoder(points=point_prompt, boxes=box, masks=None)
+
+    def decode(
+        self,
+        embeddings: torch.Tensor,
+        boxes: torch.Tensor | None = None,
+        points: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Low-resolution mask logits (B, M, S/4, S/4); M = number of boxes per image (1 without boxes)."""
+        image_pe = self.prompt_encoder.get_dense_pe()
+        masks = []
+        for i in range(embeddings.shape[0]):
+            sparse, dense = self._prompt_embeddings(i, boxes, points, point_labels)
+            low_res, _ = self.mask_decoder(
+                image_embeddings=embeddings[i : i + 1],
+                image_pe=image_pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+            )
+            masks.append(low_res.reshape(1, -1, *low_res.shape[-2:]))
+        return torch.cat(masks, dim=0)
+
+    def forward_with_low_res(
+        self,
+        image: torch.Tensor,
+        boxes: torch.Tensor | None = None,
+        points: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (mask logits at ``image_size``, low-resolution logits)."""
+        low_res = self.decode(self.encode_image(image), boxes, points, point_labels)
+        logits = F.interpolate(low_res, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        return logits, low_res
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        boxes: torch.Tensor | None = None,
+        points: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Mask logits (B, M, S, S) for images (B, 3, S, S) in [0, 1].
+
+        Args:
+            image: batch of preprocessed images.
+            boxes: (B, 4) or (B, M, 4) XYXY boxes in input pixels; M masks are predicted per image.
+            points: (B, N, 2) XY point prompts in input pixels.
+            point_labels: (B, N) labels, 1 foreground, 0 background.
+        """
+        return self.forward_with_low_res(image, boxes, points, point_labels)[0]
+
+    def set_mask_tokens(self, num_tokens: int) -> None:
+        """Keep ``num_tokens`` mask tokens and hypernetwork MLPs, each initialised from the pretrained token 0.
+
+        The Conv-LoRA reference decoder (binary task) uses a single mask token. All of SAM's mask tokens attend
+        to each other in the two-way transformer, so this changes the output; it is a structural choice made
+        before tuning, not part of any adapter. The IoU head keeps its size (it is frozen and unused).
+        """
+        decoder = self.mask_decoder
+        if num_tokens < 1:
+            raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
+        if num_tokens == decoder.num_mask_tokens:
+            return
+        pretrained_token = decoder.mask_tokens.weight[0:1].detach()
+        tokens = nn.Embedding(num_tokens, pretrained_token.shape[1], device=pretrained_token.device)
+        with torch.no_grad():
+            tokens.weight.copy_(pretrained_token.expand(num_tokens, -1))
+        first_mlp = decoder.output_hypernetworks_mlps[0]
+        mlps = [first_mlp] + [_clone_module(first_mlp) for _ in range(num_tokens - 1)]
+        decoder.mask_tokens = tokens
+        decoder.output_hypernetworks_mlps = nn.ModuleList(mlps)
+        decoder.num_mask_tokens = num_tokens
+
+
+def _clone_module(module: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(module)

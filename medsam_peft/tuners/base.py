@@ -1,0 +1,258 @@
+"""The tuner contract, modelled on PEFT's ``BaseTuner`` / ``BaseTunerLayer`` but sized for SAM.
+
+A tuner is a ``TunerConfig`` subclass (options, default targets) plus a ``TunedSam`` subclass that builds one
+replacement layer per targeted module. The base owns everything else: matching, freezing, which decoder parts
+train, auxiliary losses, merging, and adapter-only saving/loading (``medsam_peft.tuners.adapter_io``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+
+from medsam_peft.models.promptable_sam import PromptableSam
+
+
+@dataclasses.dataclass
+class TunerConfig:
+    """Options shared by every tuner.
+
+    Args:
+        target_modules: regular expression that must fully match a module's qualified name (for example
+            ``image_encoder\\.blocks\\.\\d+\\.attn\\.qkv``); ``None`` uses the tuner's default.
+        exclude_modules: regular expression of qualified names never adapted, even when targeted.
+        trainable_modules: regular expressions of modules trained in full (PEFT's ``modules_to_save``).
+        frozen_modules: regular expressions of modules kept frozen even inside ``trainable_modules``.
+        mask_tokens: number of decoder mask tokens (``None`` keeps SAM's four). The Conv-LoRA reference decodes a
+            binary task with a single mask token and one hypernetwork MLP (see ``PromptableSam.set_mask_tokens``).
+        init_weights: start as the identity (True) or with random adapter weights (False, for tests).
+    """
+
+    target_modules: str | None = None
+    exclude_modules: str | None = None
+    trainable_modules: tuple[str, ...] = ("mask_decoder",)
+    frozen_modules: tuple[str, ...] = ("mask_decoder.iou_prediction_head",)
+    mask_tokens: int | None = 1
+    init_weights: bool = True
+
+    tuner_type: ClassVar[str] = ""
+    default_target_modules: ClassVar[str | None] = None
+
+    def __post_init__(self) -> None:
+        self.trainable_modules = tuple(self.trainable_modules)
+        self.frozen_modules = tuple(self.frozen_modules)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the offending option."""
+        for field in ("target_modules", "exclude_modules"):
+            pattern = getattr(self, field)
+            if pattern is not None:
+                _compile(pattern, field)
+        for field in ("trainable_modules", "frozen_modules"):
+            for pattern in getattr(self, field):
+                _compile(pattern, field)
+        if self.mask_tokens is not None and int(self.mask_tokens) < 1:
+            raise ValueError(f"mask_tokens must be >= 1 or None, got {self.mask_tokens}")
+
+    @property
+    def effective_target_modules(self) -> str | None:
+        return self.target_modules if self.target_modules is not None else self.default_target_modules
+
+    def to_dict(self) -> dict[str, Any]:
+        options = dataclasses.asdict(self)
+        options["trainable_modules"] = list(self.trainable_modules)
+        options["frozen_modules"] = list(self.frozen_modules)
+        return {"tuner": self.tuner_type, **options}
+
+    @classmethod
+    def from_dict(cls, options: dict[str, Any]) -> TunerConfig:
+        options = {k: v for k, v in options.items() if k != "tuner"}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown} for tuner {cls.tuner_type!r}; known: {sorted(known)}")
+        return cls(**options)
+
+
+def _compile(pattern: str, field: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"{field}={pattern!r} is not a valid regular expression: {err}") from None
+
+
+def _within(name: str, patterns: tuple[str, ...]) -> bool:
+    """True if ``name`` (a parameter or module name) lies inside a module whose name fully matches a pattern."""
+    parts = name.split(".")
+    prefixes = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    return any(re.fullmatch(p, prefix) for p in patterns for prefix in prefixes)
+
+
+class BaseTunerLayer:
+    """Mixin for a layer that wraps ``base_layer`` and adds adapter parameters named with the tuner's prefix."""
+
+    base_layer: nn.Module
+    supports_merge: ClassVar[bool] = False
+    merge_unsupported_reason: ClassVar[str] = "its update is not a linear function of the input"
+    merged: bool = False
+
+    def delta_weight(self) -> torch.Tensor:
+        """The change to ``base_layer.weight`` that this adapter represents (mergeable tuners only)."""
+        raise NotImplementedError
+
+    def merge(self) -> None:
+        if not self.supports_merge:
+            raise NotImplementedError(f"{type(self).__name__} cannot be merged: {self.merge_unsupported_reason}")
+        if not self.merged:
+            with torch.no_grad():
+                self.base_layer.weight += self.delta_weight().to(self.base_layer.weight.dtype)
+            self.merged = True
+
+    def unmerge(self) -> None:
+        if self.merged:
+            with torch.no_grad():
+                self.base_layer.weight -= self.delta_weight().to(self.base_layer.weight.dtype)
+            self.merged = False
+
+    def aux_loss(self) -> torch.Tensor | None:
+        """Auxiliary loss of the last forward pass (Conv-LoRA's load balancing); None if the tuner has none."""
+        return None
+
+
+class TunedSam(nn.Module):
+    """A ``PromptableSam`` with a tuner applied in place; ``forward`` is the model's forward.
+
+    Subclasses set ``prefix`` (every adapter parameter name starts with it) and implement ``_create_layer``.
+    """
+
+    prefix: ClassVar[str] = ""
+    # False for tuners whose added parameters act from the first step (e.g. VPT's prompt tokens).
+    identity_at_init: ClassVar[bool] = True
+
+    def __init__(self, model: PromptableSam, config: TunerConfig) -> None:
+        super().__init__()
+        if not isinstance(model, PromptableSam):
+            raise TypeError(f"expected a PromptableSam, got {type(model).__name__}")
+        self.model = model
+        self.config = config
+        if config.mask_tokens is not None:
+            model.set_mask_tokens(int(config.mask_tokens))
+        self.targeted_module_names = self._inject()
+        self._mark_trainable()
+
+    # ---- injection -------------------------------------------------------------------------------------------
+    def _create_layer(self, name: str, target: nn.Module) -> nn.Module:
+        raise NotImplementedError(f"{type(self).__name__} does not replace layers")
+
+    def _matched_module_names(self) -> list[str]:
+        pattern = self.config.effective_target_modules
+        if pattern is None:
+            return []
+        exclude = self.config.exclude_modules
+        names = [
+            name
+            for name, _ in self.model.named_modules()
+            if name and re.fullmatch(pattern, name) and not (exclude and re.fullmatch(exclude, name))
+        ]
+        if not names:
+            raise ValueError(
+                f"target_modules={pattern!r} matched no module of the {self.model.backbone} model "
+                f"(module names look like 'image_encoder.blocks.0.attn.qkv' or 'image_encoder.neck.0')"
+            )
+        return names
+
+    def _inject(self) -> list[str]:
+        names = self._matched_module_names()
+        for name in names:
+            parent_name, _, attr = name.rpartition(".")
+            parent = self.model.get_submodule(parent_name) if parent_name else self.model
+            setattr(parent, attr, self._create_layer(name, getattr(parent, attr)))
+        return names
+
+    def is_adapter_parameter(self, name: str) -> bool:
+        return any(part.startswith(self.prefix) for part in name.split(".")) if self.prefix else False
+
+    def _mark_trainable(self) -> None:
+        cfg = self.config
+        for name, param in self.model.named_parameters():
+            trainable = self.is_adapter_parameter(name) or _within(name, cfg.trainable_modules)
+            param.requires_grad_(trainable and not _within(name, cfg.frozen_modules))
+
+    # ---- running ---------------------------------------------------------------------------------------------
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.model(*args, **kwargs)
+
+    def forward_with_low_res(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.forward_with_low_res(*args, **kwargs)
+
+    @property
+    def image_size(self) -> int:
+        return self.model.image_size
+
+    def train(self, mode: bool = True) -> TunedSam:
+        super().train(mode)
+        # Frozen BatchNorm layers (TinyViT's MBConv) must not update their running statistics while tuning.
+        for module in self.model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+                p.requires_grad for p in module.parameters()
+            ):
+                module.eval()
+        return self
+
+    def tuner_layers(self) -> Iterator[tuple[str, BaseTunerLayer]]:
+        for name, module in self.model.named_modules():
+            if isinstance(module, BaseTunerLayer):
+                yield name, module
+
+    def aux_loss(self) -> torch.Tensor:
+        """Sum of the layers' auxiliary losses from the last forward (zero for tuners without one)."""
+        losses = [loss for _, layer in self.tuner_layers() if (loss := layer.aux_loss()) is not None]
+        if not losses:
+            return torch.zeros((), device=next(self.model.parameters()).device)
+        return torch.stack(losses).sum()
+
+    # ---- merging ---------------------------------------------------------------------------------------------
+    def merge_adapter(self) -> None:
+        for _, layer in self.tuner_layers():
+            layer.merge()
+
+    def unmerge_adapter(self) -> None:
+        for _, layer in self.tuner_layers():
+            layer.unmerge()
+
+    def merge_and_unload(self) -> PromptableSam:
+        """Fold every adapter into its base layer and return the plain model (decoder updates stay in place)."""
+        self.merge_adapter()
+        for name, layer in list(self.tuner_layers()):
+            parent_name, _, attr = name.rpartition(".")
+            parent = self.model.get_submodule(parent_name) if parent_name else self.model
+            setattr(parent, attr, layer.base_layer)
+        for param in self.model.parameters():
+            param.requires_grad_(False)
+        return self.model
+
+    # ---- reporting -------------------------------------------------------------------------------------------
+    def parameter_report(self) -> dict[str, Any]:
+        """Trainable and total parameter counts, with trainable counts split into adapter and full modules."""
+        groups: dict[str, int] = {}
+        trainable = total = 0
+        for name, param in self.model.named_parameters():
+            total += param.numel()
+            if param.requires_grad:
+                trainable += param.numel()
+                group = "adapter" if self.is_adapter_parameter(name) else name.split(".")[0]
+                groups[group] = groups.get(group, 0) + param.numel()
+        return {
+            "tuner": self.config.tuner_type,
+            "backbone": self.model.backbone,
+            "trainable": trainable,
+            "total": total,
+            "ratio": trainable / total if total else 0.0,
+            "trainable_by_group": groups,
+        }

@@ -1,0 +1,52 @@
+"""Entry points that assemble a backbone and a tuner: what bundles' ``network_def`` and the CLI call."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from medsam_peft.models.build import build_sam
+from medsam_peft.models.promptable_sam import PromptableSam
+from medsam_peft.tuners.adapter_io import load_adapter, read_adapter
+from medsam_peft.tuners.base import TunedSam, TunerConfig
+from medsam_peft.tuners.registry import get_tuner_classes, make_tuner_config
+
+
+def get_tuned_model(model: PromptableSam, tuner: str | dict[str, Any] | TunerConfig, **options: Any) -> TunedSam:
+    """Apply a tuner to ``model`` in place (PEFT's ``get_peft_model``)."""
+    config = make_tuner_config(tuner, **options)
+    _, model_cls = get_tuner_classes(config.tuner_type)
+    return model_cls(model, config)
+
+
+def build_tuned_sam(
+    backbone: str = "vit_b",
+    checkpoint: str | os.PathLike | None = None,
+    tuner: str | dict[str, Any] | TunerConfig = "conv_lora",
+    image_size: int | None = None,
+    adapter: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    tuner_options: dict[str, Any] | None = None,
+) -> TunedSam:
+    """Build ``backbone`` (from ``checkpoint``), apply ``tuner`` and optionally load an adapter file.
+
+    This is the ``network_def`` target of every training bundle: the returned model is already tuned, so a
+    bundle's checkpoint only needs the trainable tensors.
+    """
+    model = build_sam(backbone, checkpoint, image_size=image_size, device=device)
+    tuned = get_tuned_model(model, tuner, **(tuner_options or {}))
+    if adapter is not None:
+        load_adapter(tuned, adapter)
+    return tuned
+
+
+def load_tuned_sam(
+    adapter: str | os.PathLike, checkpoint: str | os.PathLike | None = None, device: str | torch.device | None = None
+) -> TunedSam:
+    """Rebuild a tuned model from an adapter file: backbone, image size and tuner options come from its metadata."""
+    meta = read_adapter(adapter)["metadata"]
+    return build_tuned_sam(
+        meta["backbone"], checkpoint, meta["options"], image_size=meta["image_size"], adapter=adapter, device=device
+    )
