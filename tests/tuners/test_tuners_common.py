@@ -1,0 +1,192 @@
+"""Invariants every tuner must satisfy. Adding a tuner = adding rows to TUNER_CASES."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from medsam_peft.models import PromptableSam, build_sam
+from medsam_peft.tuners import (
+    AdapterLoadError,
+    BaseTunerLayer,
+    get_tuned_model,
+    list_tuners,
+    load_adapter,
+    make_tuner_config,
+    read_adapter,
+    save_adapter,
+)
+
+QKV_TINY = {"image_encoder.blocks.0.attn.qkv", "image_encoder.blocks.1.attn.qkv"}
+LINEARS_TINY = {
+    f"image_encoder.blocks.{i}.{m}" for i in (0, 1) for m in ("attn.qkv", "attn.proj", "mlp.lin1", "mlp.lin2")
+}
+NECK = {"image_encoder.neck.0", "image_encoder.neck.2"}
+
+# (case id, tuner name, options, module names it must adapt on vit_tiny)
+TUNER_CASES = [
+    ("lora-r4", "lora", {"r": 4, "alpha": 8}, QKV_TINY),
+    ("lora-r2-block1", "lora", {"r": 2, "target_modules": r"image_encoder\.blocks\.1\.attn\.qkv"},
+     {"image_encoder.blocks.1.attn.qkv"}),
+    ("conv_lora-r3-e8", "conv_lora", {}, QKV_TINY),
+    ("conv_lora-r2-e3", "conv_lora", {"r": 2, "num_experts": 3}, QKV_TINY),
+    ("sam_parser-neck", "sam_parser", {}, NECK),
+    ("sam_parser-linear-shift", "sam_parser", {"decompose_linear": True, "spectral_shift": True}, NECK | LINEARS_TINY),
+    ("decoder_only", "decoder_only", {}, set()),
+]
+CASE_IDS = [case[0] for case in TUNER_CASES]
+
+
+def test_every_registered_tuner_has_a_case() -> None:
+    assert {case[1] for case in TUNER_CASES} == set(list_tuners())
+
+
+def _base(seed: int = 1) -> PromptableSam:
+    torch.manual_seed(seed)
+    return build_sam("vit_tiny")
+
+
+def _inputs(batch: int = 2) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    return {
+        "image": torch.rand(batch, 3, 128, 128, generator=g),
+        "boxes": torch.tensor([[10.0, 20.0, 90.0, 100.0], [30.0, 5.0, 120.0, 60.0]])[:batch],
+    }
+
+
+def _tuned(tuner: str, options: dict, init_weights: bool = True, seed: int = 1):
+    return get_tuned_model(_base(seed), tuner, **{**options, "init_weights": init_weights})
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> bool:
+    return bool(((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) < tol)
+
+
+@pytest.mark.parametrize("case_id, tuner, options, targets", TUNER_CASES, ids=CASE_IDS)
+def test_targets_and_trainable_set(case_id, tuner, options, targets) -> None:
+    model = _tuned(tuner, options)
+    assert set(model.targeted_module_names) == targets
+    config = model.config
+    for name, param in model.model.named_parameters():
+        adapter = model.is_adapter_parameter(name)
+        in_decoder = name.startswith("mask_decoder.")
+        frozen_head = any(name.startswith(f + ".") for f in config.frozen_modules)
+        assert param.requires_grad == (adapter or (in_decoder and not frozen_head)), name
+    if targets:
+        assert any(model.is_adapter_parameter(n) for n, _ in model.model.named_parameters())
+    assert model.parameter_report()["tuner"] == tuner
+
+
+@pytest.mark.parametrize("case_id, tuner, options, targets", TUNER_CASES, ids=CASE_IDS)
+def test_identity_at_initialisation(case_id, tuner, options, targets) -> None:
+    base = _base()
+    config = make_tuner_config(tuner, **options)
+    if config.mask_tokens is not None:
+        base.set_mask_tokens(config.mask_tokens)
+    tuned = get_tuned_model(copy.deepcopy(base), config)
+    x = _inputs()
+    with torch.no_grad():
+        expected = base.eval()(x["image"], boxes=x["boxes"])
+        for mode in (False, True):  # train mode too: Conv-LoRA's gate noise must not leak in while B = 0
+            got = tuned.train(mode)(x["image"], boxes=x["boxes"])
+            assert _close(got, expected), (case_id, mode)
+        assert _close(tuned.eval()(x["image"]), base(x["image"]))  # prompt-free mode
+
+
+@pytest.mark.parametrize("case_id, tuner, options, targets", TUNER_CASES, ids=CASE_IDS)
+def test_gradients_reach_exactly_the_trainable_set(case_id, tuner, options, targets) -> None:
+    model = _tuned(tuner, options, init_weights=False).train()
+    x = _inputs()
+    loss = model(x["image"], boxes=x["boxes"]).square().mean() + model.aux_loss()
+    loss.backward()
+    unrouted = set()
+    for name, layer in model.tuner_layers():
+        routed = getattr(layer, "last_expert_index", None)
+        if routed is not None:  # Conv-LoRA: an expert that received no window in this step gets no gradient
+            used = set(routed.tolist())
+            unrouted |= {f"{name}.conv_lora_experts.{e}" for e in range(len(layer.conv_lora_experts)) if e not in used}
+    # With one output mask, hypernetwork MLPs 1..3 and the IoU head cannot affect the loss. SAM-PARSER keeps them
+    # trainable, as the paper's 3963.2K decoder count does; they must then get an exactly-zero gradient.
+    unused = {f"mask_decoder.output_hypernetworks_mlps.{k}" for k in range(1, model.model.num_mask_tokens)}
+    unused.add("mask_decoder.iou_prediction_head")
+    for name, param in model.model.named_parameters():
+        if not param.requires_grad:
+            assert param.grad is None, f"frozen {name} received a gradient"
+        elif any(name.startswith(prefix + ".") for prefix in unrouted):
+            assert param.grad is None, name
+        elif any(name.startswith(prefix + ".") for prefix in unused):
+            assert param.grad is None or param.grad.abs().sum() == 0, name
+        else:
+            assert param.grad is not None and param.grad.abs().sum() > 0, f"trainable {name} got no gradient"
+
+
+@pytest.mark.parametrize("case_id, tuner, options, targets", TUNER_CASES, ids=CASE_IDS)
+def test_adapter_save_load_round_trip(case_id, tuner, options, targets, tmp_path) -> None:
+    trained = _tuned(tuner, options, init_weights=False).eval()
+    path = save_adapter(trained, tmp_path / "adapter.pt")
+    payload = read_adapter(path)
+    trainable = {n for n, p in trained.model.named_parameters() if p.requires_grad}
+    assert set(payload["state_dict"]) == trainable  # no frozen SAM weight in the file
+    assert payload["metadata"]["tuner"] == tuner and payload["metadata"]["backbone"] == "vit_tiny"
+
+    fresh = _tuned(tuner, options, init_weights=True).eval()
+    load_adapter(fresh, path)
+    x = _inputs()
+    with torch.no_grad():
+        assert torch.equal(fresh(x["image"], boxes=x["boxes"]), trained(x["image"], boxes=x["boxes"]))
+
+
+@pytest.mark.parametrize("case_id, tuner, options, targets", TUNER_CASES, ids=CASE_IDS)
+def test_merge_equals_unmerged(case_id, tuner, options, targets) -> None:
+    model = _tuned(tuner, options, init_weights=False).eval()
+    x = _inputs()
+    layers = [layer for _, layer in model.tuner_layers()]
+    with torch.no_grad():
+        expected = model(x["image"], boxes=x["boxes"])
+        if not all(layer.supports_merge for layer in layers):
+            with pytest.raises(NotImplementedError, match="cannot be merged"):
+                model.merge_adapter()
+            return
+        model.merge_adapter()
+        assert _close(model(x["image"], boxes=x["boxes"]), expected, 1e-4)
+        model.unmerge_adapter()
+        assert _close(model(x["image"], boxes=x["boxes"]), expected, 1e-5)
+        plain = model.merge_and_unload()
+        assert isinstance(plain, PromptableSam)
+        assert not any(isinstance(m, BaseTunerLayer) for m in plain.modules())
+        assert _close(plain(x["image"], boxes=x["boxes"]), expected, 1e-4)
+
+
+@pytest.mark.parametrize("case_id, tuner, options, targets", TUNER_CASES, ids=CASE_IDS)
+def test_identity_on_real_lite_medsam(case_id, tuner, options, targets, lite_medsam_state, colin27_slice) -> None:
+    """Real LiteMedSAM weights, real MR slice: the tuned model starts exactly where the pretrained one is."""
+    base = build_sam("lite_medsam")
+    base.load_state_dict(lite_medsam_state)
+    config = make_tuner_config(tuner, **{k: v for k, v in options.items() if k != "target_modules"})
+    if config.mask_tokens is not None:
+        base.set_mask_tokens(config.mask_tokens)
+    tuned = get_tuned_model(copy.deepcopy(base), config).eval()
+    image, box = colin27_slice["image"][None], colin27_slice["box"][None]
+    with torch.no_grad():
+        assert _close(tuned(image, boxes=box), base.eval()(image, boxes=box))
+    if config.effective_target_modules is not None:
+        assert tuned.targeted_module_names  # TinyViT blocks / neck found by the same default patterns
+
+
+def test_adapter_load_rejects_mismatches(tmp_path) -> None:
+    lora = _tuned("lora", {"r": 4}, init_weights=False)
+    path = save_adapter(lora, tmp_path / "lora.pt")
+    with pytest.raises(AdapterLoadError, match=r"lora.pt.*tuner 'lora' in the file vs 'conv_lora'"):
+        load_adapter(_tuned("conv_lora", {"r": 4}), path)
+    with pytest.raises(AdapterLoadError, match=r"options differ: r=4 \(model: 8\)"):
+        load_adapter(_tuned("lora", {"r": 8}), path)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(AdapterLoadError, match="truncated.pt.*truncated or corrupt"):
+        load_adapter(_tuned("lora", {"r": 4}), truncated)
+    full = tmp_path / "full_sam.pt"
+    torch.save(_base().state_dict(), full)
+    with pytest.raises(AdapterLoadError, match="not a medsam_peft adapter file"):
+        load_adapter(_tuned("lora", {"r": 4}), full)
