@@ -85,8 +85,8 @@ def download_file(
         ) from err
     try:
         verify_file(part, sha256, md5, size)
-    except DownloadError:
+    except DownloadError as err:
         part.unlink(missing_ok=True)
-        raise
+        raise DownloadError(f"downloaded {url} to {dest}, but {err}") from None
     os.replace(part, dest)
     return dest
