@@ -1,0 +1,107 @@
+"""Colin27 T1 MRI + AAL atlas labels (Debian package ``mricron-data``): real manual labels, available offline.
+
+One subject (a 27-scan average in MNI space) with 116 hand-drawn AAL structures. Every (slice, structure) pair with
+at least ``min_pixels`` foreground pixels becomes one 2-D sample: a grey PNG of the slice and a binary PNG of the
+structure. Left-hemisphere structures (odd AAL ids) go to training, their right counterparts to validation: the
+held-out set is other structures of the same subject, which is what this small offline set can honestly offer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_TEMPLATES_DIR = Path("/usr/share/mricron/templates")
+# Subcortical AAL labels, whose boundaries are visible on T1 (reference offline-data note, section B1).
+SUBCORTICAL = (37, 38, 41, 42, 71, 72, 73, 74, 75, 76, 77, 78)
+AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
+
+
+def read_aal_names(templates_dir: Path) -> dict[int, str]:
+    names = {}
+    for line in (templates_dir / "aal.nii.txt").read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].isdigit():
+            names[int(parts[0])] = parts[1]
+    return names
+
+
+def _load_pair(templates_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    import nibabel as nib
+
+    missing = [f for f in ("ch2.nii.gz", "aal.nii.gz", "aal.nii.txt") if not (templates_dir / f).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{templates_dir} lacks {missing}; install the Debian package mricron-data "
+            "(apt-get install mricron-data) or pass --source pointing at a folder holding ch2.nii.gz and aal.nii.gz"
+        )
+    image_nii, label_nii = nib.load(templates_dir / "ch2.nii.gz"), nib.load(templates_dir / "aal.nii.gz")
+    if image_nii.shape != label_nii.shape or not np.allclose(image_nii.affine, label_nii.affine):
+        raise ValueError(f"{templates_dir}: ch2.nii.gz and aal.nii.gz are not on the same grid")
+    return np.asarray(image_nii.dataobj, dtype=np.float32), np.asarray(label_nii.dataobj).astype(np.int32), image_nii.affine
+
+
+def _to_uint8(slice_2d: np.ndarray, low: float, high: float) -> np.ndarray:
+    return (np.clip((slice_2d - low) / (high - low), 0, 1) * 255).round().astype(np.uint8)
+
+
+def _oriented(slice_2d: np.ndarray) -> np.ndarray:
+    # voxel (i, j) -> image rows = second axis flipped (anterior/superior at the top), columns = first axis
+    return np.ascontiguousarray(slice_2d.T[::-1])
+
+
+def colin27_pairs(
+    labels: np.ndarray, structures: tuple[int, ...], axis: int, min_pixels: int, slice_step: int = 1
+) -> list[tuple[int, int]]:
+    """(slice index, structure id) pairs with at least ``min_pixels`` pixels, every ``slice_step``-th slice."""
+    counts = {s: (labels == s).sum(axis=tuple(a for a in range(3) if a != axis)) for s in structures}
+    return [(z, s) for z in range(0, labels.shape[axis], slice_step) for s in structures if counts[s][z] >= min_pixels]
+
+
+def prepare_colin27_aal(
+    root: str | os.PathLike,
+    source: str | os.PathLike | None = None,
+    structures: tuple[int, ...] = SUBCORTICAL,
+    plane: str = "axial",
+    min_pixels: int = 50,
+    slice_step: int = 1,
+) -> Path:
+    """Write PNG slices, masks and ``datalist.json`` (``training`` = left structures, ``validation`` = right).
+
+    Returns the datalist path. Image intensities are scaled by the volume's 0.5-99.5 percentiles to 0-255.
+    """
+    from PIL import Image
+
+    templates = Path(source) if source else DEFAULT_TEMPLATES_DIR
+    if plane not in AXES:
+        raise ValueError(f"plane must be one of {sorted(AXES)}, got {plane!r}")
+    image, labels, _ = _load_pair(templates)
+    names = read_aal_names(templates)
+    unknown = [s for s in structures if s not in names]
+    if unknown:
+        raise ValueError(f"AAL has no structure id(s) {unknown}; ids are 1..116 (see {templates / 'aal.nii.txt'})")
+    axis = AXES[plane]
+    low, high = np.percentile(image[image > 0], [0.5, 99.5])
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    lists: dict[str, list[dict[str, object]]] = {"training": [], "validation": []}
+    for z, structure in colin27_pairs(labels, structures, axis, min_pixels, slice_step):
+        image_path = root / "images" / f"{plane}_{z:03d}.png"
+        if not image_path.exists():
+            Image.fromarray(_oriented(_to_uint8(np.take(image, z, axis=axis), low, high))).save(image_path)
+        mask_path = root / "masks" / f"{plane}_{z:03d}_aal{structure:03d}.png"
+        mask = _oriented((np.take(labels, z, axis=axis) == structure).astype(np.uint8) * 255)
+        Image.fromarray(mask).save(mask_path)
+        split = "training" if structure % 2 == 1 else "validation"
+        lists[split].append({"image": str(image_path.relative_to(root)), "label": str(mask_path.relative_to(root)),
+                             "structure": names[structure], "slice": z, "plane": plane})
+    datalist = root / "datalist.json"
+    meta = {"name": "colin27_aal", "source": str(templates), "structures": {s: names[s] for s in structures},
+            "min_pixels": min_pixels, "slice_step": slice_step,
+            "note": "one subject; validation = right-hemisphere counterparts of the training structures"}
+    datalist.write_text(json.dumps({**lists, "meta": meta}, indent=1))
+    return datalist

@@ -1,0 +1,95 @@
+"""Array transforms that turn images and masks into what a SAM-family model eats (tensor in, tensor out)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.transforms import Randomizable, Transform
+
+logger = logging.getLogger(__name__)
+
+
+class ResizeLongestSide(Transform):
+    """Resize a (C, H, W) image so its longest side is ``size``, then zero-pad bottom/right to ``size`` x ``size``.
+
+    This is SAM's ``ResizeLongestSide`` + ``Sam.preprocess`` padding. Use ``mode="nearest-exact"`` for masks: then
+    ``RestoreOriginalSize`` inverts it exactly whenever the image was enlarged (or kept) in size.
+
+    Args:
+        size: target side length (the model's ``image_size``).
+        mode: ``torch.nn.functional.interpolate`` mode.
+        squash: resize both sides to ``size`` without keeping the aspect ratio or padding (the Conv-LoRA reference).
+    """
+
+    def __init__(self, size: int, mode: str = "bilinear", squash: bool = False) -> None:
+        self.size = int(size)
+        self.mode = mode
+        self.squash = squash
+
+    def scaled_size(self, original: tuple[int, int]) -> tuple[int, int]:
+        if self.squash:
+            return self.size, self.size
+        scale = self.size / max(original)
+        return int(round(original[0] * scale)), int(round(original[1] * scale))
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        img = torch.as_tensor(img)
+        if img.ndim != 3:
+            raise ValueError(f"ResizeLongestSide expects (C, H, W), got shape {tuple(img.shape)}")
+        new_h, new_w = self.scaled_size((img.shape[1], img.shape[2]))
+        kwargs = {"align_corners": False} if self.mode in ("bilinear", "bicubic") else {}
+        out = F.interpolate(img[None].float(), size=(new_h, new_w), mode=self.mode, **kwargs)[0]
+        return F.pad(out, (0, self.size - new_w, 0, self.size - new_h)).to(img.dtype if img.is_floating_point() else out.dtype)
+
+
+class RestoreOriginalSize(Transform):
+    """Inverse of ``ResizeLongestSide``: crop the unpadded region and resize it back to ``original_size``."""
+
+    def __init__(self, size: int, mode: str = "nearest-exact", squash: bool = False) -> None:
+        self.forward = ResizeLongestSide(size, mode, squash)
+
+    def __call__(self, img: torch.Tensor, original_size: tuple[int, int]) -> torch.Tensor:
+        img = torch.as_tensor(img)
+        h, w = self.forward.scaled_size((int(original_size[0]), int(original_size[1])))
+        cropped = img[:, :h, :w].float()
+        mode = self.forward.mode
+        kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+        return F.interpolate(cropped[None], size=tuple(int(s) for s in original_size), mode=mode, **kwargs)[0]
+
+
+class BoxFromMask(Randomizable, Transform):
+    """XYXY box around the foreground of a (1, H, W) mask, each side enlarged by a random 0..``max_jitter`` pixels.
+
+    Coordinates are inclusive pixel indices (MedSAM / SAM-PARSER convention), clipped to the image. Each side is
+    enlarged independently (``np.random.randint(0, max_jitter + 1)``). An empty mask has no box: the whole image is
+    returned and counted in ``empty_count`` (logged), so a run never stops on one bad sample.
+    """
+
+    def __init__(self, max_jitter: int = 20) -> None:
+        if max_jitter < 0:
+            raise ValueError(f"max_jitter must be >= 0, got {max_jitter}")
+        self.max_jitter = int(max_jitter)
+        self.empty_count = 0
+        self._jitter = np.zeros(4, dtype=np.int64)
+
+    def randomize(self, data: object = None) -> None:
+        self._jitter = self.R.randint(0, self.max_jitter + 1, size=4)
+
+    def __call__(self, mask: torch.Tensor, name: str = "") -> torch.Tensor:
+        mask = torch.as_tensor(mask)
+        height, width = mask.shape[-2:]
+        ys, xs = torch.nonzero(mask.reshape(height, width) > 0, as_tuple=True)
+        if ys.numel() == 0:
+            self.empty_count += 1
+            logger.warning("empty mask%s: no box can be drawn, using the whole image (%d so far)",
+                           f" in {name}" if name else "", self.empty_count)
+            return torch.tensor([0.0, 0.0, width - 1.0, height - 1.0])
+        self.randomize()
+        j = self._jitter
+        return torch.tensor([
+            max(int(xs.min()) - j[0], 0), max(int(ys.min()) - j[1], 0),
+            min(int(xs.max()) + j[2], width - 1), min(int(ys.max()) + j[3], height - 1),
+        ], dtype=torch.float32)
