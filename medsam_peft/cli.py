@@ -5,11 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
-
-_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
-
 
 def _parse_value(text: str) -> Any:
     """Tuner option values from the command line: JSON where it parses (numbers, booleans, null), else a string."""
@@ -52,6 +49,20 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from medsam_peft.data import prepare_colin27_aal
+
+    if args.name != "colin27_aal":
+        raise ValueError(f"unknown dataset {args.name!r}; available offline: colin27_aal")
+    structures = tuple(int(s) for s in args.structures.split(",")) if args.structures else None
+    kwargs = {"structures": structures} if structures else {}
+    path = prepare_colin27_aal(args.root, source=args.source, plane=args.plane, min_pixels=args.min_pixels,
+                               slice_step=args.slice_step, **kwargs)
+    datalist = json.loads(path.read_text())
+    print(f"wrote {path}: {len(datalist['training'])} training, {len(datalist['validation'])} validation samples")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medsam-peft", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,13 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     params.add_argument("--json", action="store_true")
     params.set_defaults(func=cmd_params)
 
-    for name, register in _EXTRA_COMMANDS:
-        register(sub)
+    prepare = sub.add_parser("prepare", help="turn a dataset into a MONAI datalist (datalist.json) under --root")
+    prepare.add_argument("name", help="dataset name: colin27_aal")
+    prepare.add_argument("--root", required=True, help="output folder")
+    prepare.add_argument("--source", default=None, help="folder with the raw files (default: the installed package)")
+    prepare.add_argument("--plane", default="axial", choices=["axial", "coronal", "sagittal"])
+    prepare.add_argument("--min-pixels", type=int, default=50, help="keep (slice, structure) pairs with >= N pixels")
+    prepare.add_argument("--slice-step", type=int, default=1, help="use every N-th slice")
+    prepare.add_argument("--structures", default="", help="comma-separated AAL ids (default: 12 subcortical)")
+    prepare.set_defaults(func=cmd_prepare)
     return parser
-
-
-# Other modules add sub-commands here (data preparation, bundle export) without this file importing them eagerly.
-_EXTRA_COMMANDS: list[tuple[str, Callable[[Any], None]]] = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:

