@@ -59,7 +59,7 @@ def test_aux_loss_matches_the_formula_on_a_hand_computed_case() -> None:
     assert importance.tolist() == [2.0, 0.0, 1.0, 0.0] and load.tolist() == [2.0, 0.0, 1.0, 0.0]
     # cv^2 of [2, 0, 1, 0]: mean 0.75, unbiased variance (1.25^2 + 0.75^2 + 0.25^2 + 0.75^2) / 3 = 11/12
     cv2 = (11 / 12) / 0.75**2
-    assert math.isclose(float(cv_squared(importance)), cv2, rel_tol=1e-6)
+    assert math.isclose(float(cv_squared(importance.detach())), cv2, rel_tol=1e-6)
     layer = ConvLoraLinear(torch.nn.Linear(6, 18), r=2, alpha=4, num_experts=4).eval()
     layer.conv_lora_gate.load_state_dict(gate.state_dict())
     layer.route(features.contiguous())

@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from medsam_peft.tuners.base import BaseTunerLayer
+from medsam_peft.tuners.lora.layer import low_rank_factors
 from medsam_peft.tuners.conv_lora.moe import NoisyTopOneGate, ScaleConvExpert, cv_squared
 
 
@@ -41,18 +42,11 @@ class ConvLoraLinear(nn.Module, BaseTunerLayer):
         self.r = int(r)
         self.scaling = float(alpha) / self.r
         self.aux_loss_coef = aux_loss_coef
-        factory = {"device": base_layer.weight.device, "dtype": base_layer.weight.dtype}
-        self.conv_lora_A = nn.Parameter(torch.empty(self.r, base_layer.in_features, **factory))
-        self.conv_lora_B = nn.Parameter(torch.empty(base_layer.out_features, self.r, **factory))
+        self.conv_lora_A, self.conv_lora_B = low_rank_factors(base_layer, self.r, init_weights)
         self.conv_lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         with torch.device(base_layer.weight.device):
             self.conv_lora_gate = NoisyTopOneGate(self.r, num_experts, noisy_gating, init_weights)
             self.conv_lora_experts = nn.ModuleList(ScaleConvExpert(self.r, s) for s in range(1, num_experts + 1))
-        nn.init.kaiming_uniform_(self.conv_lora_A, a=math.sqrt(5))
-        if init_weights:
-            nn.init.zeros_(self.conv_lora_B)
-        else:
-            nn.init.normal_(self.conv_lora_B, std=0.02)
         self._aux_loss: torch.Tensor | None = None
         self.last_expert_index: torch.Tensor | None = None
 

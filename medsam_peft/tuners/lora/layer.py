@@ -9,6 +9,19 @@ import torch.nn.functional as F
 from medsam_peft.tuners.base import BaseTunerLayer
 
 
+def low_rank_factors(base_layer: nn.Linear, r: int, init_weights: bool = True) -> tuple[nn.Parameter, nn.Parameter]:
+    """LoRA's A (r x in, Kaiming-uniform as nn.Linear) and B (out x r, zeros so the update starts at zero)."""
+    factory = {"device": base_layer.weight.device, "dtype": base_layer.weight.dtype}
+    a = nn.Parameter(torch.empty(r, base_layer.in_features, **factory))
+    b = nn.Parameter(torch.empty(base_layer.out_features, r, **factory))
+    nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+    if init_weights:
+        nn.init.zeros_(b)
+    else:
+        nn.init.normal_(b, std=0.02)
+    return a, b
+
+
 class LoraLinear(nn.Module, BaseTunerLayer):
     """``y = W x + b + (alpha / r) * B A dropout(x)`` around a frozen ``nn.Linear``; any number of leading dims."""
 
@@ -21,18 +34,8 @@ class LoraLinear(nn.Module, BaseTunerLayer):
         self.base_layer = base_layer
         self.r = int(r)
         self.scaling = float(alpha) / self.r
-        factory = {"device": base_layer.weight.device, "dtype": base_layer.weight.dtype}
-        self.lora_A = nn.Parameter(torch.empty(self.r, base_layer.in_features, **factory))
-        self.lora_B = nn.Parameter(torch.empty(base_layer.out_features, self.r, **factory))
+        self.lora_A, self.lora_B = low_rank_factors(base_layer, self.r, init_weights)
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.reset_lora_parameters(init_weights)
-
-    def reset_lora_parameters(self, init_weights: bool = True) -> None:
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        if init_weights:
-            nn.init.zeros_(self.lora_B)  # the update starts at zero: the tuned model equals the base model
-        else:
-            nn.init.normal_(self.lora_B, std=0.02)
 
     def delta_weight(self) -> torch.Tensor:
         return self.scaling * (self.lora_B @ self.lora_A)
