@@ -12,7 +12,7 @@ from ignite.engine import Engine, Events
 from monai.engines import IterationEvents
 from monai.utils import CommonKeys
 
-from medsam_peft.tuners.adapter_io import adapter_metadata
+from medsam_peft.tuners.adapter_io import adapter_metadata, apply_adapter_state
 from medsam_peft.tuners.base import TunedSam
 
 logger = logging.getLogger(__name__)
@@ -69,20 +69,7 @@ class AdapterState:
         return {"metadata": adapter_metadata(self.network), "state_dict": params}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        expected = {n: p for n, p in self.network.model.named_parameters() if p.requires_grad}
-        tensors = state.get("state_dict", {})
-        missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-        meta = state.get("metadata", {})
-        ours = {k: v for k, v in self.network.config.to_dict().items() if k != "init_weights"}
-        theirs = {k: v for k, v in meta.get("options", {}).items() if k != "init_weights"}
-        if missing or unexpected or ours != theirs:
-            raise RuntimeError(
-                f"checkpoint does not fit this {self.network.config.tuner_type} model: missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]}, options in file {theirs} vs model {ours}"
-            )
-        with torch.no_grad():
-            for name, value in tensors.items():
-                expected[name].copy_(value)
+        apply_adapter_state(self.network, state.get("metadata", {}), state.get("state_dict", {}), "checkpoint")
 
 
 class MetricProgressReport:

@@ -7,6 +7,8 @@ the official modules untouched and calls them image by image with gradients enab
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -174,13 +176,7 @@ class PromptableSam(nn.Module):
         with torch.no_grad():
             tokens.weight.copy_(pretrained_token.expand(num_tokens, -1))
         first_mlp = decoder.output_hypernetworks_mlps[0]
-        mlps = [first_mlp] + [_clone_module(first_mlp) for _ in range(num_tokens - 1)]
+        mlps = [first_mlp] + [copy.deepcopy(first_mlp) for _ in range(num_tokens - 1)]
         decoder.mask_tokens = tokens
         decoder.output_hypernetworks_mlps = nn.ModuleList(mlps)
         decoder.num_mask_tokens = num_tokens
-
-
-def _clone_module(module: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(module)

@@ -80,7 +80,11 @@ def load_adapter(model: TunedSam, path: str | os.PathLike) -> None:
         AdapterLoadError: naming the file and the mismatching tuner, backbone, options, keys or shapes.
     """
     payload = read_adapter(path)
-    meta = payload["metadata"]
+    apply_adapter_state(model, payload["metadata"], payload["state_dict"], f"adapter file {path}")
+
+
+def apply_adapter_state(model: TunedSam, meta: dict[str, Any], state: dict[str, torch.Tensor], source: str) -> None:
+    """Check ``meta``/``state`` against ``model`` (tuner, backbone, options, keys, shapes) and copy the tensors in."""
     problems = []
     if meta.get("tuner") != model.config.tuner_type:
         problems.append(f"tuner {meta.get('tuner')!r} in the file vs {model.config.tuner_type!r} in the model")
@@ -90,7 +94,6 @@ def load_adapter(model: TunedSam, path: str | os.PathLike) -> None:
     differing = sorted(k for k in set(theirs) | set(ours) if k != "init_weights" and theirs.get(k) != ours.get(k))
     if differing:
         problems.append("options differ: " + ", ".join(f"{k}={theirs.get(k)!r} (model: {ours.get(k)!r})" for k in differing))
-    state = payload["state_dict"]
     expected = {n: p for n, p in model.model.named_parameters() if p.requires_grad}
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing:
@@ -101,7 +104,7 @@ def load_adapter(model: TunedSam, path: str | os.PathLike) -> None:
     if shapes:
         problems.append(f"shape mismatch: {shapes[:6]}")
     if problems:
-        raise AdapterLoadError(f"adapter file {path} does not fit this model: " + "; ".join(problems))
+        raise AdapterLoadError(f"{source} does not fit this model: " + "; ".join(problems))
     with torch.no_grad():
         for name, tensor in state.items():
             expected[name].copy_(tensor)

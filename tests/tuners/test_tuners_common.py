@@ -190,3 +190,15 @@ def test_adapter_load_rejects_mismatches(tmp_path) -> None:
     torch.save(_base().state_dict(), full)
     with pytest.raises(AdapterLoadError, match="not a medsam_peft adapter file"):
         load_adapter(_tuned("lora", {"r": 4}), full)
+
+
+def test_run_checkpoint_view_round_trip_and_mismatch() -> None:
+    from medsam_peft.engines import AdapterState
+
+    trained = _tuned("conv_lora", {}, init_weights=False)
+    state = AdapterState(trained).state_dict()
+    fresh = _tuned("conv_lora", {})
+    AdapterState(fresh).load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), trained.parameters()))
+    with pytest.raises(AdapterLoadError, match="checkpoint does not fit this model: tuner 'conv_lora'"):
+        AdapterState(_tuned("lora", {})).load_state_dict(state)
