@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -12,10 +11,8 @@ from ignite.engine import Engine, Events
 from monai.engines import IterationEvents
 from monai.utils import CommonKeys
 
-from medsam_peft.tuners.adapter_io import adapter_metadata, apply_adapter_state
+from medsam_peft.tuners.adapter_io import adapter_metadata, adapter_state_dict, apply_adapter_state
 from medsam_peft.tuners.base import TunedSam
-
-logger = logging.getLogger(__name__)
 
 
 class AuxLossHandler:
@@ -65,8 +62,7 @@ class AdapterState:
         self.network = network
 
     def state_dict(self) -> dict[str, Any]:
-        params = {n: p.detach().clone() for n, p in self.network.model.named_parameters() if p.requires_grad}
-        return {"metadata": adapter_metadata(self.network), "state_dict": params}
+        return {"metadata": adapter_metadata(self.network), "state_dict": adapter_state_dict(self.network)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         apply_adapter_state(self.network, state.get("metadata", {}), state.get("state_dict", {}), "checkpoint")

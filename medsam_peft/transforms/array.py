@@ -12,6 +12,12 @@ from monai.transforms import Randomizable, Transform
 logger = logging.getLogger(__name__)
 
 
+def _interpolate(img: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """Resize a (C, H, W) tensor as float; align_corners only where the mode takes it."""
+    kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+    return F.interpolate(img[None].float(), size=size, mode=mode, **kwargs)[0]
+
+
 class ResizeLongestSide(Transform):
     """Resize a (C, H, W) image so its longest side is ``size``, then zero-pad bottom/right to ``size`` x ``size``.
 
@@ -40,8 +46,7 @@ class ResizeLongestSide(Transform):
         if img.ndim != 3:
             raise ValueError(f"ResizeLongestSide expects (C, H, W), got shape {tuple(img.shape)}")
         new_h, new_w = self.scaled_size((img.shape[1], img.shape[2]))
-        kwargs = {"align_corners": False} if self.mode in ("bilinear", "bicubic") else {}
-        out = F.interpolate(img[None].float(), size=(new_h, new_w), mode=self.mode, **kwargs)[0]
+        out = _interpolate(img, (new_h, new_w), self.mode)
         return F.pad(out, (0, self.size - new_w, 0, self.size - new_h)).to(img.dtype if img.is_floating_point() else out.dtype)
 
 
@@ -54,10 +59,8 @@ class RestoreOriginalSize(Transform):
     def __call__(self, img: torch.Tensor, original_size: tuple[int, int]) -> torch.Tensor:
         img = torch.as_tensor(img)
         h, w = self.forward.scaled_size((int(original_size[0]), int(original_size[1])))
-        cropped = img[:, :h, :w].float()
-        mode = self.forward.mode
-        kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
-        return F.interpolate(cropped[None], size=tuple(int(s) for s in original_size), mode=mode, **kwargs)[0]
+        size = (int(original_size[0]), int(original_size[1]))
+        return _interpolate(img[:, :h, :w], size, self.forward.mode)
 
 
 class BoxFromMask(Randomizable, Transform):
