@@ -29,7 +29,7 @@ def read_aal_names(templates_dir: Path) -> dict[int, str]:
     return names
 
 
-def _load_pair(templates_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _load_pair(templates_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     import nibabel as nib
 
     missing = [f for f in ("ch2.nii.gz", "aal.nii.gz", "aal.nii.txt") if not (templates_dir / f).is_file()]
@@ -41,7 +41,7 @@ def _load_pair(templates_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     image_nii, label_nii = nib.load(templates_dir / "ch2.nii.gz"), nib.load(templates_dir / "aal.nii.gz")
     if image_nii.shape != label_nii.shape or not np.allclose(image_nii.affine, label_nii.affine):
         raise ValueError(f"{templates_dir}: ch2.nii.gz and aal.nii.gz are not on the same grid")
-    return np.asarray(image_nii.dataobj, dtype=np.float32), np.asarray(label_nii.dataobj).astype(np.int32), image_nii.affine
+    return np.asarray(image_nii.dataobj, dtype=np.float32), np.asarray(label_nii.dataobj).astype(np.int32)
 
 
 def _to_uint8(slice_2d: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -78,7 +78,7 @@ def prepare_colin27_aal(
     templates = Path(source) if source else DEFAULT_TEMPLATES_DIR
     if plane not in AXES:
         raise ValueError(f"plane must be one of {sorted(AXES)}, got {plane!r}")
-    image, labels, _ = _load_pair(templates)
+    image, labels = _load_pair(templates)
     names = read_aal_names(templates)
     unknown = [s for s in structures if s not in names]
     if unknown:

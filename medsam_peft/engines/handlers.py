@@ -6,10 +6,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.engines import IterationEvents
 from monai.utils import CommonKeys
+from PIL import Image
 
 from medsam_peft.tuners.adapter_io import adapter_metadata, adapter_state_dict, apply_adapter_state
 from medsam_peft.tuners.base import TunedSam
@@ -116,9 +118,6 @@ class OverlayWriter:
         self.written = 0
 
     def __call__(self, engine: Engine) -> None:
-        import numpy as np
-        from PIL import Image
-
         for item in engine.state.output:
             if self.written >= self.count:
                 return
