@@ -50,16 +50,23 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from medsam_peft.data import prepare_colin27_aal
+    from medsam_peft.data import DATASETS, prepare_colin27_aal, prepare_dataset, prepare_invesalius_ct
 
-    if args.name != "colin27_aal":
-        raise ValueError(f"unknown dataset {args.name!r}; available offline: colin27_aal")
-    structures = tuple(int(s) for s in args.structures.split(",")) if args.structures else None
-    kwargs = {"structures": structures} if structures else {}
-    path = prepare_colin27_aal(args.root, source=args.source, plane=args.plane, min_pixels=args.min_pixels,
-                               slice_step=args.slice_step, **kwargs)
+    if args.name == "colin27_aal":
+        structures = tuple(int(s) for s in args.structures.split(",")) if args.structures else None
+        kwargs = {"structures": structures} if structures else {}
+        path = prepare_colin27_aal(args.root, source=args.source, plane=args.plane, min_pixels=args.min_pixels,
+                                   slice_step=args.slice_step, **kwargs)
+    elif args.name == "invesalius_ct":
+        path = prepare_invesalius_ct(args.root, source=args.source, plane=args.plane, min_pixels=args.min_pixels)
+    elif args.name in DATASETS:
+        path = prepare_dataset(args.name, args.root, source=args.source, seed=args.seed, mirror=args.mirror)
+    else:
+        raise ValueError(f"unknown dataset {args.name!r}; known: colin27_aal, invesalius_ct, "
+                         f"{', '.join(sorted(DATASETS))}")
     datalist = json.loads(path.read_text())
-    print(f"wrote {path}: {len(datalist['training'])} training, {len(datalist['validation'])} validation samples")
+    counts = ", ".join(f"{len(v)} {k}" for k, v in datalist.items() if k != "meta" and not k.endswith("_volumes"))
+    print(f"wrote {path}: {counts}")
     return 0
 
 
@@ -77,9 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     params.set_defaults(func=cmd_params)
 
     prepare = sub.add_parser("prepare", help="turn a dataset into a MONAI datalist (datalist.json) under --root")
-    prepare.add_argument("name", help="dataset name: colin27_aal")
+    prepare.add_argument("name", help="colin27_aal, invesalius_ct (offline), or a seed dataset (kvasir, isic2017, ...)")
     prepare.add_argument("--root", required=True, help="output folder")
-    prepare.add_argument("--source", default=None, help="folder with the raw files (default: the installed package)")
+    prepare.add_argument("--source", default=None,
+                         help="folder with the raw files or archives (default: download / the installed package)")
+    prepare.add_argument("--mirror", default=None, help="base URL serving the official archive names")
+    prepare.add_argument("--seed", type=int, default=0, help="seed of the splits the publisher does not fix")
     prepare.add_argument("--plane", default="axial", choices=["axial", "coronal", "sagittal"])
     prepare.add_argument("--min-pixels", type=int, default=50, help="keep (slice, structure) pairs with >= N pixels")
     prepare.add_argument("--slice-step", type=int, default=1, help="use every N-th slice")
@@ -93,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (KeyError, ValueError, FileNotFoundError) as err:
+    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"medsam-peft {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -43,3 +43,6 @@ def lite_medsam_state() -> dict[str, torch.Tensor]:
     from medsam_peft.models import build_sam
 
     return {k: v.clone() for k, v in build_sam("lite_medsam", "bundled").state_dict().items()}
+
+
+from tests.http_server import local_server  # noqa: E402,F401  (fixture shared by download tests)

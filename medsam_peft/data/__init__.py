@@ -1,5 +1,10 @@
-"""Datasets turned into MONAI datalists (training / validation lists of {image, label})."""
+"""Datasets turned into MONAI datalists (training / validation / test lists of {image, label})."""
 
+from medsam_peft.data.catalog import DATASETS, Archive, DatasetSpec, DatasetUnavailable, prepare_dataset
 from medsam_peft.data.colin27 import SUBCORTICAL, colin27_pairs, prepare_colin27_aal
+from medsam_peft.data.volumes import prepare_invesalius_ct, read_invesalius_project, slice_cases, to_uint8
 
-__all__ = ["SUBCORTICAL", "colin27_pairs", "prepare_colin27_aal"]
+__all__ = [
+    "DATASETS", "SUBCORTICAL", "Archive", "DatasetSpec", "DatasetUnavailable", "colin27_pairs", "prepare_colin27_aal",
+    "prepare_dataset", "prepare_invesalius_ct", "read_invesalius_project", "slice_cases", "to_uint8",
+]

@@ -96,3 +96,43 @@ class BoxFromMask(Randomizable, Transform):
             max(int(xs.min()) - j[0], 0), max(int(ys.min()) - j[1], 0),
             min(int(xs.max()) + j[2], width - 1), min(int(ys.max()) + j[3], height - 1),
         ], dtype=torch.float32)
+
+
+class PointsFromMask(Randomizable, Transform):
+    """Sample point prompts from a (1, H, W) mask: ``num_positive`` foreground and ``num_negative`` background
+    pixels, uniformly, as (N, 2) XY coordinates and (N,) labels (1 = foreground, 0 = background), SAM's format.
+
+    An empty mask gives background points only (and is counted in ``empty_count``); a full mask gives foreground
+    points only. Sampling is with replacement when a region has fewer pixels than requested, so N is constant and
+    samples batch.
+    """
+
+    def __init__(self, num_positive: int = 1, num_negative: int = 0) -> None:
+        if num_positive < 0 or num_negative < 0 or num_positive + num_negative == 0:
+            raise ValueError(f"need at least one point, got num_positive={num_positive}, num_negative={num_negative}")
+        self.num_positive, self.num_negative = int(num_positive), int(num_negative)
+        self.empty_count = 0
+
+    def randomize(self, data: object = None) -> None:  # sampling happens in __call__ from self.R
+        pass
+
+    def _pick(self, coords: torch.Tensor, count: int) -> torch.Tensor:
+        idx = self.R.randint(0, coords.shape[0], size=count)
+        return coords[torch.as_tensor(idx)]
+
+    def __call__(self, mask: torch.Tensor, name: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+        mask = torch.as_tensor(mask)
+        plane = mask.reshape(mask.shape[-2:]) > 0
+        fg, bg = torch.nonzero(plane).flip(1), torch.nonzero(~plane).flip(1)  # (row, col) -> (x, y)
+        n_pos, n_neg = self.num_positive, self.num_negative
+        if fg.shape[0] == 0:
+            self.empty_count += 1
+            logger.warning("empty mask%s: background points only (%d so far)", f" in {name}" if name else "",
+                           self.empty_count)
+            n_pos, n_neg = 0, n_pos + n_neg
+        elif bg.shape[0] == 0:
+            n_pos, n_neg = n_pos + n_neg, 0
+        points = [self._pick(fg, n_pos)] if n_pos else []
+        points += [self._pick(bg, n_neg)] if n_neg else []
+        labels = torch.cat([torch.ones(n_pos), torch.zeros(n_neg)])
+        return torch.cat(points).float(), labels

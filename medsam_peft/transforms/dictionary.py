@@ -8,7 +8,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
 
-from medsam_peft.transforms.array import BoxFromMask, ResizeLongestSide, RestoreOriginalSize
+from medsam_peft.transforms.array import BoxFromMask, PointsFromMask, ResizeLongestSide, RestoreOriginalSize
 
 ORIGINAL_SIZE_SUFFIX = "_original_size"
 
@@ -79,3 +79,31 @@ class RandBoxFromMaskd(Randomizable, MapTransform):
 ResizeLongestSideD = ResizeLongestSideDict = ResizeLongestSided
 RestoreOriginalSizeD = RestoreOriginalSizeDict = RestoreOriginalSized
 RandBoxFromMaskD = RandBoxFromMaskDict = RandBoxFromMaskd
+
+
+class RandPointsFromMaskd(Randomizable, MapTransform):
+    """Dictionary version of ``PointsFromMask``: writes ``points_key`` (N, 2) and ``point_labels_key`` (N,)."""
+
+    def __init__(self, label_key: str = "label", points_key: str = "points", point_labels_key: str = "point_labels",
+                 num_positive: int = 1, num_negative: int = 0) -> None:
+        super().__init__(label_key)
+        self.label_key, self.points_key, self.point_labels_key = label_key, points_key, point_labels_key
+        self.sampler = PointsFromMask(num_positive, num_negative)
+
+    def set_random_state(self, seed: int | None = None, state=None) -> RandPointsFromMaskd:
+        super().set_random_state(seed, state)
+        self.sampler.set_random_state(seed, state)
+        return self
+
+    def randomize(self, data: object = None) -> None:
+        pass
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        label = d[self.label_key]
+        name = str(getattr(label, "meta", {}).get("filename_or_obj", ""))
+        d[self.points_key], d[self.point_labels_key] = self.sampler(label, name)
+        return d
+
+
+RandPointsFromMaskD = RandPointsFromMaskDict = RandPointsFromMaskd

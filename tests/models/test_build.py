@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
-import threading
 
 import pytest
 import torch
@@ -14,6 +11,7 @@ import torch.nn.functional as F
 from medsam_peft.models import BACKBONES, CheckpointError, build_sam, resolve_checkpoint
 from medsam_peft.models.registry import CheckpointSource
 from medsam_peft.utils.download import DownloadError, download_file
+from tests.http_server import RangeHandler
 
 
 @pytest.fixture(scope="module")
@@ -109,43 +107,6 @@ def test_real_lite_medsam_segments_a_real_structure(lite_medsam_state, colin27_s
     assert dice > 0.6
 
 
-class _RangeHandler(http.server.SimpleHTTPRequestHandler):
-    """Static files with single-range support (206), recording the Range headers it was sent."""
-
-    ranges: list[str | None] = []
-
-    def do_GET(self) -> None:
-        header = self.headers.get("Range")
-        type(self).ranges.append(header)
-        path = self.translate_path(self.path)
-        if not header or not header.startswith("bytes="):
-            return super().do_GET()
-        try:
-            data = open(path, "rb").read()
-        except OSError:
-            return self.send_error(404)
-        start = int(header[len("bytes="):].split("-")[0])
-        self.send_response(206)
-        self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        self.send_header("Content-Length", str(len(data) - start))
-        self.end_headers()
-        self.wfile.write(data[start:])
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@pytest.fixture()
-def local_server(tmp_path):
-    root = tmp_path / "srv"
-    root.mkdir()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_RangeHandler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-
-
 def test_release_name_downloads_and_verifies(local_server, tmp_path, monkeypatch) -> None:
     root, url = local_server
     torch.save(build_sam("vit_tiny").state_dict(), root / "tiny.pth")
@@ -164,10 +125,10 @@ def test_download_resumes_and_rejects_bad_checksums(local_server, tmp_path) -> N
     (root / "blob.bin").write_bytes(payload)
     dest = tmp_path / "blob.bin"
     (tmp_path / "blob.bin.part").write_bytes(payload[:12345])  # an interrupted earlier download
-    _RangeHandler.ranges.clear()
+    RangeHandler.ranges.clear()
     download_file(url + "/blob.bin", dest, sha256=hashlib.sha256(payload).hexdigest(), size=len(payload))
     assert dest.read_bytes() == payload
-    assert _RangeHandler.ranges == ["bytes=12345-"]  # continued, not restarted
+    assert RangeHandler.ranges == ["bytes=12345-"]  # continued, not restarted
     with pytest.raises(DownloadError, match="other.bin, but .*sha256 .* does not match"):
         download_file(url + "/blob.bin", tmp_path / "other.bin", sha256="0" * 64)
     assert not (tmp_path / "other.bin").exists() and not (tmp_path / "other.bin.part").exists()
