@@ -3,19 +3,23 @@
 from medsam_peft.engines.handlers import (
     AdapterState,
     AuxLossHandler,
+    EpochSummary,
     GradientClipHandler,
     MetricProgressReport,
     OverlayWriter,
+    ProgressBar,
+    ResumeCheckpoint,
+    RngState,
 )
 from medsam_peft.engines.inferer import AutocastInferer
+from medsam_peft.engines.losses import BalancedBCEWithLogitsLoss, StructureLoss
+from medsam_peft.engines.metrics import BalancedErrorRate, SodMetric, dice_score
 from medsam_peft.engines.tracking import SafeMLFlowHandler
+from medsam_peft.engines.workflow import optimizer_groups, require_datalist, tracked_params, write_parameter_report
 
 __all__ = [
-    "AdapterState",
-    "AutocastInferer",
-    "AuxLossHandler",
-    "GradientClipHandler",
-    "MetricProgressReport",
-    "OverlayWriter",
-    "SafeMLFlowHandler",
+    "AdapterState", "AutocastInferer", "AuxLossHandler", "BalancedBCEWithLogitsLoss", "BalancedErrorRate",
+    "EpochSummary", "GradientClipHandler", "MetricProgressReport", "OverlayWriter", "ProgressBar",
+    "ResumeCheckpoint", "RngState", "SafeMLFlowHandler", "SodMetric", "StructureLoss", "dice_score",
+    "optimizer_groups", "require_datalist", "tracked_params", "write_parameter_report",
 ]

@@ -40,16 +40,25 @@ class AuxLossHandler:
 
 
 class GradientClipHandler:
-    """Clip the global gradient norm of the trainable parameters after each backward (reference: 1.0)."""
+    """Clip the global gradient norm of the trainable parameters before each optimiser step (reference: 1.0).
 
-    def __init__(self, network: torch.nn.Module, max_norm: float = 1.0) -> None:
+    With ``accumulation_steps`` > 1 (MONAI ``SupervisedTrainer(accumulation_steps=...)``) it clips only the
+    backward that precedes a step, i.e. the accumulated gradient, using the trainer's own step rule.
+    """
+
+    def __init__(self, network: torch.nn.Module, max_norm: float = 1.0, accumulation_steps: int = 1) -> None:
         self.params = [p for p in network.parameters() if p.requires_grad]
         self.max_norm = max_norm
+        self.accumulation_steps = int(accumulation_steps)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
+        if self.accumulation_steps > 1:
+            local = (engine.state.iteration - 1) % engine.state.epoch_length
+            if (local + 1) % self.accumulation_steps and local + 1 != engine.state.epoch_length:
+                return
         torch.nn.utils.clip_grad_norm_(self.params, self.max_norm)
 
 
@@ -85,9 +94,17 @@ class MetricProgressReport:
         self.validator.add_event_handler(Events.COMPLETED, self._record)
         trainer.add_event_handler(Events.COMPLETED, self._report)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [[float(e), float(v)] for e, v in self.history]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = [(int(e), float(v)) for e, v in state["history"]]
+
     def _record(self, validator: Engine) -> None:
         value = float(validator.state.metrics[self.metric])
         epoch = self.trainer.state.epoch if self.trainer.state.iteration else 0
+        if self.history and self.history[-1][0] == epoch:
+            return  # validation-at-start of a resumed run repeats the last recorded epoch
         self.history.append((epoch, value))
         tag = "zero-shot (before tuning)" if epoch == 0 else f"after epoch {epoch}"
         print(f"{self.label}{self.metric} {tag}: {value:.4f}", flush=True)
@@ -131,3 +148,162 @@ class OverlayWriter:
                 rgb[edge] = colour
             self.output_dir.mkdir(parents=True, exist_ok=True)
             Image.fromarray(rgb).save(self.output_dir / f"overlay_{index:02d}.png")
+
+
+def _numpy_state_to_tensors(state: tuple) -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = state
+    return {"name": name, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _numpy_state_from_tensors(state: dict[str, Any]) -> tuple:
+    return (state["name"], state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"], state["cached"])
+
+
+def _randomizable_parts(transform: Any) -> list[Any]:
+    """Every object with its own ``R`` (numpy RandomState) inside a (nested) Compose, including wrapped helpers."""
+    from monai.transforms import Randomizable
+
+    found, stack = [], [transform]
+    while stack:
+        item = stack.pop(0)
+        if isinstance(item, Randomizable) and hasattr(item, "R"):
+            found.append(item)
+        stack.extend(getattr(item, "transforms", ()) or ())
+        stack.extend(v for v in getattr(item, "__dict__", {}).values() if isinstance(v, Randomizable))
+    return found
+
+
+class RngState:
+    """``state_dict``/``load_state_dict`` over every random stream a training epoch draws from: torch (CPU and
+    CUDA), NumPy, Python ``random`` and the ``R`` of each random transform of the training preprocessing. Saved as
+    tensors and plain numbers so checkpoints load with ``weights_only=True``."""
+
+    def __init__(self, transform: Any = None) -> None:
+        self.parts = _randomizable_parts(transform) if transform is not None else []
+
+    def state_dict(self) -> dict[str, Any]:
+        import random
+
+        version, internal, gauss = random.getstate()
+        state = {"torch": torch.get_rng_state(), "numpy": _numpy_state_to_tensors(np.random.get_state()),
+                 "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
+                            "gauss": gauss},
+                 "transforms": [_numpy_state_to_tensors(p.R.get_state()) for p in self.parts]}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        import random
+
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        np.random.set_state(_numpy_state_from_tensors(state["numpy"]))
+        python = state["python"]
+        random.setstate((python["version"], tuple(int(v) for v in python["internal"]), python["gauss"]))
+        if len(state["transforms"]) != len(self.parts):
+            raise ValueError(f"checkpoint holds {len(state['transforms'])} transform random states, the training "
+                             f"preprocessing has {len(self.parts)}: it was saved with a different transform chain")
+        for part, part_state in zip(self.parts, state["transforms"]):
+            part.R.set_state(_numpy_state_from_tensors(part_state))
+
+
+class ResumeCheckpoint:
+    """Write ``path`` atomically after every epoch (adapter tensors, optimiser, scheduler, epoch/iteration, RNG
+    streams and any other ``objects``) and, when it exists at start, continue from it: a killed run loses at most
+    the epoch in progress.
+
+    Put it first in the trainer's handlers: it loads on ``STARTED`` before validation-at-start, restores the RNG at
+    the next ``EPOCH_STARTED`` (after that validation drew from it), and registers its save on ``STARTED`` so that
+    it runs after every other end-of-epoch handler (validation, best-checkpoint selection).
+    """
+
+    def __init__(self, path: str | os.PathLike, objects: dict[str, Any], enabled: bool = True) -> None:
+        self.path = Path(path)
+        self.objects = objects
+        self.enabled = enabled
+        self._pending_rng: dict[str, Any] | None = None
+
+    def attach(self, engine: Engine) -> None:
+        if self.enabled:
+            engine.add_event_handler(Events.STARTED, self._start)
+            engine.add_event_handler(Events.EPOCH_STARTED, self._restore_rng)
+
+    def _start(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._save)
+        if not self.path.is_file():
+            return
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        for name, obj in self.objects.items():
+            if name not in state:
+                raise ValueError(f"{self.path}: resume checkpoint lacks {name!r}; delete it to start over")
+            if name == "rng":
+                self._pending_rng = state[name]
+            else:
+                obj.load_state_dict(state[name])
+        engine.state.epoch, engine.state.iteration = int(state["epoch"]), int(state["iteration"])
+        print(f"resumed from {self.path} at epoch {engine.state.epoch}", flush=True)
+
+    def _restore_rng(self, engine: Engine) -> None:
+        if self._pending_rng is not None:
+            self.objects["rng"].load_state_dict(self._pending_rng)
+            self._pending_rng = None
+
+    def _save(self, engine: Engine) -> None:
+        from medsam_peft.tuners.adapter_io import atomic_torch_save
+
+        state = {name: obj.state_dict() for name, obj in self.objects.items()}
+        state.update(epoch=engine.state.epoch, iteration=engine.state.iteration)
+        atomic_torch_save(state, self.path)
+
+
+class ProgressBar:
+    """tqdm progress bar over an engine's iterations (ignite's ``ProgressBar``), showing the loss when training."""
+
+    def __init__(self, show_loss: bool = True, description: str = "") -> None:
+        from ignite.handlers import ProgressBar as IgniteProgressBar
+
+        self.bar = IgniteProgressBar(persist=False, desc=description)
+        self.show_loss = show_loss
+
+    def attach(self, engine: Engine) -> None:
+        def transform(output: Any) -> dict[str, float]:
+            # after MONAI's postprocessing the output is decollated: a list of per-sample dicts
+            first = output[0] if isinstance(output, (list, tuple)) else output
+            return {"loss": float(first[CommonKeys.LOSS])}
+
+        self.bar.attach(engine, output_transform=transform if self.show_loss else None)
+
+
+
+class EpochSummary:
+    """One line per epoch: mean training loss (task and auxiliary parts when present) and the validation metrics."""
+
+    def __init__(self, validator: Engine | None = None) -> None:
+        self.validator = validator
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
+        engine.add_event_handler(Events.STARTED, lambda e: e.add_event_handler(Events.EPOCH_COMPLETED, self._print))
+
+    def _reset(self, engine: Engine) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def _accumulate(self, engine: Engine) -> None:
+        self.count += 1
+        output = engine.state.output
+        output = output[0] if isinstance(output, (list, tuple)) else output  # decollated by postprocessing
+        for key in (CommonKeys.LOSS, "task_loss", "aux_loss"):
+            if key in output:
+                self.sums[key] = self.sums.get(key, 0.0) + float(output[key])
+
+    def _print(self, engine: Engine) -> None:
+        parts = [f"epoch {engine.state.epoch}/{engine.state.max_epochs}"]
+        parts += [f"{k} {v / max(self.count, 1):.4f}" for k, v in self.sums.items()]
+        if self.validator is not None and self.validator.state.metrics:
+            parts += [f"{k} {v:.4f}" for k, v in self.validator.state.metrics.items() if isinstance(v, float)]
+        print("  ".join(parts), flush=True)

@@ -34,14 +34,14 @@ def demo_run(tmp_path_factory):
     for key, value in overrides.items():
         args += [f"--{key}", value]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=out, timeout=900)
+    done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out, done.stdout + done.stderr
 
 
 def test_report_and_artifacts(demo_run) -> None:
     out, log = demo_run
-    report = (out / "run" / "dice_report.txt").read_text()
+    report = (out / "run" / "metric_report.txt").read_text()
     match = re.match(r"val_mean_dice: zero-shot ([\d.]+) -> tuned ([\d.]+) \(epoch 1", report)
     assert match, report
     assert "val_mean_dice zero-shot (before tuning)" in log
@@ -55,7 +55,7 @@ def test_mlflow_holds_params_and_metrics(demo_run) -> None:
     runs = mlflow.search_runs(experiment_names=["demo_test"])
     assert len(runs) == 1 and runs.loc[0, "status"] == "FINISHED"
     assert runs.loc[0, "params.tuner"] == "conv_lora" and runs.loc[0, "params.backbone"] == "vit_tiny"
-    tuned = float(re.search(r"tuned ([\d.]+)", (out / "run" / "dice_report.txt").read_text()).group(1))
+    tuned = float(re.search(r"tuned ([\d.]+)", (out / "run" / "metric_report.txt").read_text()).group(1))
     assert runs.loc[0, "metrics.val_mean_dice"] == pytest.approx(tuned, abs=1e-4)
     assert runs.loc[0, "metrics.train_mean_dice"] >= 0 and np.isfinite(runs.loc[0, "metrics.train_loss"])
     history = mlflow.MlflowClient().get_metric_history(runs.loc[0, "run_id"], "val_mean_dice")
@@ -79,5 +79,5 @@ def test_final_adapter_reproduces_the_reported_dice_independently(demo_run) -> N
         pred = (torch.sigmoid(logits[0, 0]) > 0.5).numpy()
         truth = mask.numpy() > 0.5
         dices.append(2 * np.logical_and(pred, truth).sum() / (pred.sum() + truth.sum()))
-    tuned = float(re.search(r"tuned ([\d.]+)", (out / "run" / "dice_report.txt").read_text()).group(1))
+    tuned = float(re.search(r"tuned ([\d.]+)", (out / "run" / "metric_report.txt").read_text()).group(1))
     assert float(np.mean(dices)) == pytest.approx(tuned, abs=2e-3)

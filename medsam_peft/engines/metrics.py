@@ -1,0 +1,112 @@
+"""Metrics of the seed papers as ignite metrics for MONAI evaluators (keys follow the model-zoo ``val_*`` style).
+
+S-measure, mean E-measure, weighted F-measure and MAE come from ``py_sod_metrics`` (PySODMetrics, the reference
+implementation the Conv-LoRA code ports). Inputs: ``(prob, label)`` batches, probabilities in [0, 1] (sigmoid of the
+logits, before thresholding) and binary labels. BER and multi-volume 3-D Dice are computed here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import py_sod_metrics
+import torch
+from ignite.exceptions import NotComputableError
+from ignite.metrics import Metric
+from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
+
+SOD_METRICS = {
+    "sm": (py_sod_metrics.Smeasure, lambda r: r["sm"]),
+    "em": (py_sod_metrics.Emeasure, lambda r: r["em"]["curve"].mean()),  # mean E over the 256 thresholds
+    "wfm": (py_sod_metrics.WeightedFmeasure, lambda r: r["wfm"]),
+    "mae": (py_sod_metrics.MAE, lambda r: r["mae"]),
+}
+
+
+def _planes(batch: torch.Tensor | Sequence[torch.Tensor]) -> list[np.ndarray]:
+    items = batch if isinstance(batch, (list, tuple)) else list(batch)
+    return [torch.as_tensor(item).detach().float().cpu().reshape(item.shape[-2:]).numpy() for item in items]
+
+
+class SodMetric(Metric):
+    """One PySODMetrics measure averaged over images: ``kind`` in ``sm``, ``em`` (mean E-measure), ``wfm``, ``mae``.
+
+    Probabilities are quantised to uint8 as the reference does (``prob * 255``), then min-max normalised per image
+    by PySODMetrics; labels are binarised at 0.5.
+    """
+
+    def __init__(self, kind: str, output_transform: Callable = lambda x: x, device: str | torch.device = "cpu") -> None:
+        if kind not in SOD_METRICS:
+            raise ValueError(f"kind must be one of {sorted(SOD_METRICS)}, got {kind!r}")
+        self.kind = kind
+        super().__init__(output_transform=output_transform, device=device)
+
+    @reinit__is_reduced
+    def reset(self) -> None:
+        self._measure = SOD_METRICS[self.kind][0]()
+        self._count = 0
+
+    @reinit__is_reduced
+    def update(self, output: tuple) -> None:
+        probs, labels = output
+        for prob, label in zip(_planes(probs), _planes(labels)):
+            pred = np.clip(prob * 255, 0, 255).round().astype(np.uint8)
+            self._measure.step(pred, (label > 0.5).astype(np.uint8) * 255)
+            self._count += 1
+
+    def compute(self) -> float:
+        if self._count == 0:
+            raise NotComputableError(f"SodMetric({self.kind}) needs at least one image")
+        return float(SOD_METRICS[self.kind][1](self._measure.get_results()))
+
+
+class BalancedErrorRate(Metric):
+    """Shadow-detection BER = 1 - (TP/Np + TN/Nn) / 2, as a fraction (papers print x100).
+
+    ``per_image=True`` (Conv-LoRA's AutoGluon code) averages the per-image BER, dropping a class absent from both
+    prediction and label from that image's average; ``False`` is the classic protocol (counts over the dataset).
+    Predictions and labels are binarised at ``threshold`` (the reference: 125/255 on both).
+    """
+
+    def __init__(self, per_image: bool = True, threshold: float = 125 / 255, output_transform: Callable = lambda x: x,
+                 device: str | torch.device = "cpu") -> None:
+        self.per_image, self.threshold = per_image, threshold
+        super().__init__(output_transform=output_transform, device=device)
+
+    @reinit__is_reduced
+    def reset(self) -> None:
+        self._counts = np.zeros(4)  # tp, tn, positives, negatives over the dataset
+        self._per_image: list[float] = []
+
+    @reinit__is_reduced
+    def update(self, output: tuple) -> None:
+        probs, labels = output
+        for prob, label in zip(_planes(probs), _planes(labels)):
+            pred, gt = prob > self.threshold, label > self.threshold
+            tp, tn = float((pred & gt).sum()), float((~pred & ~gt).sum())
+            pos, neg = float(gt.sum()), float((~gt).sum())
+            self._counts += (tp, tn, pos, neg)
+            accuracies = []
+            if pos > 0 or pred.any():
+                accuracies.append(tp / pos if pos else 0.0)
+            if neg > 0 or (~pred).any():
+                accuracies.append(tn / neg if neg else 0.0)
+            self._per_image.append(1.0 - float(np.mean(accuracies)))
+
+    @sync_all_reduce("_counts")
+    def compute(self) -> float:
+        if not self._per_image:
+            raise NotComputableError("BalancedErrorRate needs at least one image")
+        if self.per_image:
+            return float(np.mean(self._per_image))
+        tp, tn, pos, neg = self._counts
+        return 1.0 - 0.5 * ((tp / pos if pos else 0.0) + (tn / neg if neg else 0.0))
+
+
+def dice_score(pred: np.ndarray | torch.Tensor, label: np.ndarray | torch.Tensor) -> float:
+    """Dice of two binary arrays of any dimension; NaN when both are empty (SAM-PARSER's convention)."""
+    pred, label = np.asarray(pred) > 0, np.asarray(label) > 0
+    total = pred.sum() + label.sum()
+    return math.nan if total == 0 else float(2 * (pred & label).sum() / total)

@@ -1,0 +1,58 @@
+"""Small functions the bundle configs call: optimiser groups, tracked parameters, reports, data checks."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+
+from medsam_peft.tuners.base import TunedSam
+
+_NO_DECAY_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d)
+
+
+def optimizer_groups(network: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Trainable parameters in two AdamW groups as the Conv-LoRA reference: no weight decay on biases and on
+    ``nn.LayerNorm``-type parameters; decay on everything else (SAM's own ``LayerNorm2d`` weights, LoRA A/B,
+    expert convs, gates)."""
+    no_decay = {id(p) for m in network.modules() if isinstance(m, _NO_DECAY_TYPES) for p in m.parameters(False)}
+    decay, plain = [], []
+    for name, param in network.named_parameters():
+        if not param.requires_grad:
+            continue
+        (plain if name.endswith("bias") or id(param) in no_decay else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+
+
+def tracked_params(network: TunedSam | None = None, **values: Any) -> dict[str, Any]:
+    """Config values for MLflow params (dicts flattened as JSON) plus the trainable/total parameter counts."""
+    params = {k: json.dumps(v) if isinstance(v, (dict, list, tuple)) else v for k, v in values.items()}
+    if isinstance(network, TunedSam):
+        report = network.parameter_report()
+        params.update(trainable_params=report["trainable"], total_params=report["total"],
+                      trainable_ratio=round(report["ratio"], 6))
+    return params
+
+
+def write_parameter_report(network: TunedSam, path: str | os.PathLike) -> Path:
+    """Write ``parameter_report()`` as JSON (logged to MLflow as an artifact) and print its headline."""
+    report = network.parameter_report()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1))
+    print(f"{report['tuner']} on {report['backbone']}: trainable {report['trainable']:,} of {report['total']:,} "
+          f"({100 * report['ratio']:.2f}%)", flush=True)
+    return path
+
+
+def require_datalist(datalist_file: str | os.PathLike, dataset: str, dataset_dir: str | os.PathLike) -> None:
+    """Stop a bundle run before any work, with the command that prepares the missing dataset (no traceback)."""
+    if not Path(datalist_file).is_file():
+        raise SystemExit(
+            f"No prepared {dataset} data: {datalist_file} does not exist.\n"
+            f"Prepare it with:  medsam-peft prepare {dataset} --root {dataset_dir}\n"
+            f"or point the bundle at a prepared copy:  --dataset_dir DIR"
+        )
