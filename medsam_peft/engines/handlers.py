@@ -279,7 +279,10 @@ class ProgressBar:
 
 
 class EpochSummary:
-    """One line per epoch: mean training loss (task and auxiliary parts when present) and the validation metrics."""
+    """One line per epoch: mean training loss (task and auxiliary parts when present) and the validation metrics.
+
+    The running means are also kept in ``engine.state.metrics`` (``train_loss``, ``train_task_loss``,
+    ``train_aux_loss``) so that the tracking handlers log the epoch's mean loss."""
 
     def __init__(self, validator: Engine | None = None) -> None:
         self.validator = validator
@@ -300,10 +303,14 @@ class EpochSummary:
         for key in (CommonKeys.LOSS, "task_loss", "aux_loss"):
             if key in output:
                 self.sums[key] = self.sums.get(key, 0.0) + float(output[key])
+        # running epoch means as engine metrics: MLflow/Stats handlers log them with the epoch's other metrics
+        for key, total in self.sums.items():
+            engine.state.metrics[f"train_{key}" if key != CommonKeys.LOSS else "train_loss"] = total / self.count
 
     def _print(self, engine: Engine) -> None:
         parts = [f"epoch {engine.state.epoch}/{engine.state.max_epochs}"]
         parts += [f"{k} {v / max(self.count, 1):.4f}" for k, v in self.sums.items()]
+        parts += [f"{k} {v:.4f}" for k, v in engine.state.metrics.items() if k.startswith("train_") and "loss" not in k]
         if self.validator is not None and self.validator.state.metrics:
             parts += [f"{k} {v:.4f}" for k, v in self.validator.state.metrics.items() if isinstance(v, float)]
         print("  ".join(parts), flush=True)

@@ -58,8 +58,14 @@ def test_mlflow_holds_params_and_metrics(demo_run) -> None:
     tuned = float(re.search(r"tuned ([\d.]+)", (out / "run" / "metric_report.txt").read_text()).group(1))
     assert runs.loc[0, "metrics.val_mean_dice"] == pytest.approx(tuned, abs=1e-4)
     assert runs.loc[0, "metrics.train_mean_dice"] >= 0 and np.isfinite(runs.loc[0, "metrics.train_loss"])
-    history = mlflow.MlflowClient().get_metric_history(runs.loc[0, "run_id"], "val_mean_dice")
+    client = mlflow.MlflowClient()
+    history = client.get_metric_history(runs.loc[0, "run_id"], "val_mean_dice")
     assert [m.step for m in history] == [0, 1]  # zero-shot validation, then after epoch 1
+    report = json.loads((out / "run" / "parameter_report.json").read_text())
+    assert int(runs.loc[0, "params.trainable_params"]) == report["trainable"] > 0
+    assert json.loads(runs.loc[0, "params.tuner_options"]) == {"r": 3, "alpha": 32, "num_experts": 8, "mask_tokens": None}
+    artifacts = {a.path for a in client.list_artifacts(runs.loc[0, "run_id"])}
+    assert {"parameter_report.json", "adapter_best.pt", "overlay_00.png"} <= artifacts
 
 
 def test_final_adapter_reproduces_the_reported_dice_independently(demo_run) -> None:
