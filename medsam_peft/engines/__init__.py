@@ -14,6 +14,7 @@ from medsam_peft.engines.handlers import (
 from medsam_peft.engines.inferer import AutocastInferer
 from medsam_peft.engines.losses import BalancedBCEWithLogitsLoss, StructureLoss
 from medsam_peft.engines.metrics import BalancedErrorRate, SodMetric, dice_score
+from medsam_peft.engines.reporting import predict_volumes, write_metrics
 from medsam_peft.engines.tracking import SafeMLFlowHandler
 from medsam_peft.engines.workflow import optimizer_groups, require_datalist, tracked_params, write_parameter_report
 
@@ -21,5 +22,5 @@ __all__ = [
     "AdapterState", "AutocastInferer", "AuxLossHandler", "BalancedBCEWithLogitsLoss", "BalancedErrorRate",
     "EpochSummary", "GradientClipHandler", "MetricProgressReport", "OverlayWriter", "ProgressBar",
     "ResumeCheckpoint", "RngState", "SafeMLFlowHandler", "SodMetric", "StructureLoss", "dice_score",
-    "optimizer_groups", "require_datalist", "tracked_params", "write_parameter_report",
+    "optimizer_groups", "predict_volumes", "require_datalist", "write_metrics", "tracked_params", "write_parameter_report",
 ]

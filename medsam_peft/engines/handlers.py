@@ -13,7 +13,7 @@ from monai.engines import IterationEvents
 from monai.utils import CommonKeys
 from PIL import Image
 
-from medsam_peft.tuners.adapter_io import adapter_metadata, adapter_state_dict, apply_adapter_state
+from medsam_peft.tuners.adapter_io import ADAPTER_FORMAT, adapter_metadata, adapter_state_dict, apply_adapter_state
 from medsam_peft.tuners.base import TunedSam
 
 
@@ -73,7 +73,9 @@ class AdapterState:
         self.network = network
 
     def state_dict(self) -> dict[str, Any]:
-        return {"metadata": adapter_metadata(self.network), "state_dict": adapter_state_dict(self.network)}
+        # the adapter-file layout, so a best checkpoint is itself a loadable adapter file
+        return {"format": ADAPTER_FORMAT, "metadata": adapter_metadata(self.network),
+                "state_dict": adapter_state_dict(self.network)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         apply_adapter_state(self.network, state.get("metadata", {}), state.get("state_dict", {}), "checkpoint")

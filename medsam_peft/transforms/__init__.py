@@ -17,6 +17,12 @@ from medsam_peft.transforms.dictionary import (
     RestoreOriginalSized,
     RestoreOriginalSizeD,
     RestoreOriginalSizeDict,
+    SaveMaskd,
+    SaveMaskD,
+    SaveMaskDict,
+    ScaleBoxd,
+    ScaleBoxD,
+    ScaleBoxDict,
 )
 from medsam_peft.transforms.io import (
     ImageReadError,
@@ -46,5 +52,6 @@ __all__ = [
     "RandBoxFromMaskD", "RandBoxFromMaskDict", "RandBoxFromMaskd", "RandPointsFromMaskD", "RandPointsFromMaskDict",
     "RandPointsFromMaskd", "ResizeLongestSide", "ResizeLongestSideD", "ResizeLongestSideDict", "ResizeLongestSided",
     "RestoreOriginalSize", "RestoreOriginalSizeD", "RestoreOriginalSizeDict", "RestoreOriginalSized",
+    "SaveMaskD", "SaveMaskDict", "SaveMaskd", "ScaleBoxD", "ScaleBoxDict", "ScaleBoxd",
     "SliceVolumeD", "SliceVolumeDict", "SliceVolumed", "foreground_slices", "mask_from_array", "write_nifti",
 ]

@@ -107,3 +107,64 @@ class RandPointsFromMaskd(Randomizable, MapTransform):
 
 
 RandPointsFromMaskD = RandPointsFromMaskDict = RandPointsFromMaskd
+
+
+class ScaleBoxd(MapTransform):
+    """Map an XYXY box given in original-image pixels (``box_key``) into the resized/padded model frame, using
+    the size ``ResizeLongestSided`` recorded under ``size_key``; boxes in the model frame are what SAM takes."""
+
+    def __init__(self, box_key: str = "box", size_key: str = "image_original_size", size: int = 1024,
+                 squash: bool = False, allow_missing_keys: bool = True) -> None:
+        super().__init__(box_key, allow_missing_keys)
+        self.box_key, self.size_key = box_key, size_key
+        self.resizer = ResizeLongestSide(size, squash=squash)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        if self.box_key not in d:
+            if self.allow_missing_keys:
+                return d
+            raise KeyError(f"no {self.box_key!r} in the sample; give boxes as [x0, y0, x1, y1] in image pixels")
+        height, width = (int(s) for s in d[self.size_key])
+        new_h, new_w = self.resizer.scaled_size((height, width))
+        box = torch.as_tensor(d[self.box_key], dtype=torch.float32).reshape(4)
+        if not (0 <= box[0] < box[2] < width + 1 and 0 <= box[1] < box[3] < height + 1):
+            raise ValueError(f"box {box.tolist()} is not a non-empty XYXY box inside the {width}x{height} image")
+        d[self.box_key] = box * torch.tensor([new_w / width, new_h / height] * 2)
+        return d
+
+
+class SaveMaskd(MapTransform):
+    """Write ``keys`` (a (1, H, W) mask) as {0, 255} PNG to ``output_dir/<stem>_<postfix>.png``, where ``stem`` is
+    that of the file behind ``name_key`` (its ``filename_or_obj``): the image for inference, the ground-truth mask in
+    evaluation (several structures can share one image); a ``name`` field in the sample overrides it. The path is
+    stored under ``<key>_file``."""
+
+    def __init__(self, keys: KeysCollection, output_dir: str, name_key: str = "image", postfix: str = "pred",
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.output_dir, self.image_key, self.postfix = output_dir, name_key, postfix
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        import os
+        from pathlib import Path
+
+        import numpy as np
+        from PIL import Image
+
+        d = dict(data)
+        source = str(getattr(d[self.image_key], "meta", {}).get("filename_or_obj", "image"))
+        stem = str(d["name"]) if "name" in d else Path(source).name.split(".")[0]  # an entry's own name wins
+        for key in self.key_iterator(d):
+            mask = torch.as_tensor(d[key]).detach().cpu().reshape(d[key].shape[-2:]).numpy() > 0.5
+            path = Path(self.output_dir) / f"{stem}_{self.postfix}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp.png")
+            Image.fromarray((mask * 255).astype(np.uint8)).save(tmp)
+            os.replace(tmp, path)
+            d[f"{key}_file"] = str(path)
+        return d
+
+
+ScaleBoxD = ScaleBoxDict = ScaleBoxd
+SaveMaskD = SaveMaskDict = SaveMaskd

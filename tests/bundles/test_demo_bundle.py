@@ -17,7 +17,7 @@ from monai.data import load_decathlon_datalist
 from PIL import Image
 
 from medsam_peft import load_tuned_sam
-from medsam_peft.transforms import ResizeLongestSide
+from medsam_peft.transforms import ResizeLongestSide, RestoreOriginalSize
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -87,3 +87,67 @@ def test_final_adapter_reproduces_the_reported_dice_independently(demo_run) -> N
         dices.append(2 * np.logical_and(pred, truth).sum() / (pred.sum() + truth.sum()))
     tuned = float(re.search(r"tuned ([\d.]+)", (out / "run" / "metric_report.txt").read_text()).group(1))
     assert float(np.mean(dices)) == pytest.approx(tuned, abs=2e-3)
+
+
+def _run_bundle(configs: list[str], overrides: dict[str, str]) -> str:
+    files = str([str(REPO / c) for c in configs])
+    args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files]
+    for key, value in overrides.items():
+        args += [f"--{key}", value]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+def _tiny(out) -> dict[str, str]:
+    return {"bundle_root": str(REPO), "dataset_dir": str(out / "data"), "output_dir": str(out / "run"),
+            "backbone": "vit_tiny", "checkpoint": "", "image_size": "128", "experiment_name": "demo_test"}
+
+
+def test_evaluate_scores_written_predictions_at_original_size(demo_run) -> None:
+    """configs/evaluate.json after the training bundle: metrics.json equals Dice/IoU recomputed from the PNGs."""
+    out, _ = demo_run
+    log = _run_bundle(["bundles/conv_lora_demo.json", "configs/evaluate.json"], _tiny(out))
+    metrics = json.loads((out / "run" / "eval" / "metrics.json").read_text())
+    assert metrics["split"] == "validation" and f"val_mean_dice {metrics['metrics']['val_mean_dice']:.4f}" in log
+    dices, ious = [], []
+    for item in load_decathlon_datalist(out / "data" / "datalist.json", data_list_key="validation", base_dir=out / "data"):
+        truth = np.asarray(Image.open(item["label"])) > 127
+        stem = Path(item["label"]).name.split(".")[0]
+        pred = np.asarray(Image.open(out / "run" / "eval" / "predictions" / f"{stem}_pred.png")) > 127
+        assert pred.shape == truth.shape  # restored to the original image size
+        inter = np.logical_and(pred, truth).sum()
+        dices.append(2 * inter / (pred.sum() + truth.sum()))
+        ious.append(inter / np.logical_or(pred, truth).sum())
+    assert len(dices) > 0 and np.isfinite(metrics["metrics"]["val_mean_dice"])
+    assert metrics["metrics"]["val_mean_dice"] == pytest.approx(float(np.mean(dices)), abs=1e-4)
+    assert metrics["metrics"]["val_mean_iou"] == pytest.approx(float(np.mean(ious)), abs=1e-4)
+
+
+def test_inference_writes_masks_from_boxes_in_image_pixels(demo_run, tmp_path) -> None:
+    out, _ = demo_run
+    items = load_decathlon_datalist(out / "data" / "datalist.json", data_list_key="validation", base_dir=out / "data")[:3]
+    requests = []
+    for i, item in enumerate(items):  # several structures can share an image: name each request's output
+        ys, xs = np.nonzero(np.asarray(Image.open(item["label"])) > 127)
+        requests.append({"image": item["image"], "box": [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())],
+                         "name": f"request{i}"})
+    (tmp_path / "requests.json").write_text(json.dumps(requests))
+    log = _run_bundle(["bundles/conv_lora_demo.json", "configs/inference.json"],
+                      {**_tiny(out), "infer_datalist": str(tmp_path / "requests.json"), "infer_dir": str(tmp_path / "masks"),
+                       "precision": "float32"})  # fp32: the random tiny model sits near 0.5 on many pixels
+    assert f"masks written to {tmp_path / 'masks'}" in log
+    model = load_tuned_sam(out / "run" / "checkpoints" / "adapter_best.pt").eval()
+    for request in requests:
+        image = np.asarray(Image.open(request["image"]), dtype=np.float32) / 255.0
+        h, w = image.shape
+        scale = 128 / max(h, w)
+        resized = ResizeLongestSide(128, "bilinear")(torch.as_tensor(image)[None].expand(3, -1, -1))
+        box = torch.tensor([request["box"]], dtype=torch.float32) * torch.tensor(
+            [round(w * scale) / w, round(h * scale) / h] * 2)
+        with torch.no_grad():
+            prob = torch.sigmoid(model(resized[None], boxes=box))[0]
+        expected = RestoreOriginalSize(128, "bilinear")(prob, (h, w))[0].numpy() > 0.5
+        written = np.asarray(Image.open(tmp_path / "masks" / f"{request['name']}_pred.png")) > 127
+        assert (written != expected).mean() < 1e-4
