@@ -1,0 +1,70 @@
+"""Every seed-experiment bundle: the standard top-level keys, and one real epoch each on small real data
+(Colin27/AAL slices standing in for the dataset) with a tiny SAM, through its own loss, prompts and metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from monai.bundle import ConfigWorkflow
+
+from medsam_peft.data import prepare_colin27_aal
+from tests.conftest import COLIN27_DIR
+
+REPO = Path(__file__).resolve().parents[2]
+SEED_BUNDLES = sorted(p.stem for p in (REPO / "bundles").glob("*.json") if p.stem not in ("metadata", "conv_lora_demo"))
+STANDARD_KEYS = ("bundle_root", "dataset_dir", "output_dir", "backbone", "checkpoint", "tuner", "image_size",
+                 "max_epochs", "batch_size", "learning_rate", "device", "tracking_uri", "experiment_name")
+
+
+def test_one_bundle_per_seed_experiment() -> None:
+    expected = {f"conv_lora_{d}" for d in ("kvasir", "cvc_clinicdb", "isic2017", "camo", "sbu", "leaf", "road")}
+    expected |= {f"sam_parser_{d}" for d in ("abdomenct", "coco2017", "voc2012", "nwpu", "whu")}
+    assert expected <= set(SEED_BUNDLES)
+
+
+@pytest.mark.parametrize("name", ["conv_lora_demo", *SEED_BUNDLES])
+def test_standard_top_level_keys(name) -> None:
+    config = json.loads((REPO / "bundles" / f"{name}.json").read_text())
+    assert all(key in config for key in STANDARD_KEYS), [k for k in STANDARD_KEYS if k not in config]
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("seed_data")
+    prepare_colin27_aal(root, source=COLIN27_DIR, structures=(77, 78), slice_step=8)
+    return root
+
+
+@pytest.mark.parametrize("name", ["conv_lora_kvasir", "conv_lora_sbu", "conv_lora_isic2017", "sam_parser_abdomenct",
+                                  "sam_parser_voc2012"])
+def test_bundle_trains_one_epoch_with_its_own_loss_and_metrics(name, small_data, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(REPO)  # configs/ is pulled in by path from the repository root
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    workflow = ConfigWorkflow(
+        config_file=str(REPO / "bundles" / f"{name}.json"), workflow_type="train", bundle_root=str(REPO),
+        dataset_dir=str(small_data), output_dir=str(tmp_path), backbone="vit_tiny", checkpoint="", image_size=128,
+        max_epochs=1, num_workers=0, overlays=1, accumulation_steps=2, experiment_name=name)
+    workflow.initialize()
+    workflow.run()
+    config = json.loads((REPO / "bundles" / f"{name}.json").read_text())
+    key_metric = workflow.parser.get_parsed_content("key_metric")
+    metrics = workflow.parser.get_parsed_content("validate#evaluator").state.metrics
+    assert key_metric in metrics and math.isfinite(metrics[key_metric])
+    if name.startswith("conv_lora"):
+        assert workflow.parser.get_parsed_content("squash") is True and config["prepare_batch"].endswith("::none")
+    assert (tmp_path / "adapter_final.pt").is_file() and (tmp_path / "checkpoints" / "adapter_best.pt").is_file()
+    workflow.finalize()
+
+
+def test_missing_dataset_stops_with_the_prepare_command(tmp_path) -> None:
+    done = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundles/conv_lora_kvasir.json",
+                           "--dataset_dir", str(tmp_path / "nowhere")], capture_output=True, text=True, cwd=REPO,
+                          timeout=300)
+    assert done.returncode == 1
+    assert f"Prepare it with:  medsam-peft prepare kvasir --root {tmp_path / 'nowhere'}" in done.stderr
+    assert "Traceback" not in done.stderr
