@@ -70,6 +70,15 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_bundle(args: argparse.Namespace) -> int:
+    from medsam_peft.export import export_bundle
+
+    out = export_bundle(args.run_dir, args.out_dir, adapter=args.adapter, name=args.name, label_name=args.label)
+    print(f"wrote MONAI bundle {out}: configs/metadata.json, configs/inference.json, models/model.pt, "
+          "docs/README.md, LICENSE")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medsam-peft", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -95,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--slice-step", type=int, default=1, help="use every N-th slice")
     prepare.add_argument("--structures", default="", help="comma-separated AAL ids (default: 12 subcortical)")
     prepare.set_defaults(func=cmd_prepare)
+
+    export = sub.add_parser("export-bundle", help="write a self-contained MONAI bundle from a training run")
+    export.add_argument("run_dir", help="the training run's output_dir")
+    export.add_argument("out_dir", help="new folder for the bundle")
+    export.add_argument("--adapter", default=None, help="adapter file (default: the run's adapter_best.pt)")
+    export.add_argument("--name", default=None, help="bundle name in metadata.json")
+    export.add_argument("--label", default="foreground", help="name of the segmented structure")
+    export.set_defaults(func=cmd_export_bundle)
     return parser
 
 
@@ -103,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as err:
+    except (KeyError, ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"medsam-peft {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -37,12 +37,21 @@ def tracked_params(network: TunedSam | None = None, **values: Any) -> dict[str, 
     return params
 
 
-def write_parameter_report(network: TunedSam, path: str | os.PathLike) -> Path:
-    """Write ``parameter_report()`` as JSON (logged to MLflow as an artifact) and print its headline."""
+def write_parameter_report(network: TunedSam, path: str | os.PathLike, **run_config: Any) -> Path:
+    """Write ``parameter_report()`` as JSON (logged to MLflow as an artifact) and print its headline.
+
+    ``run_config`` (backbone, checkpoint, image size, prompt mode, ...) goes to ``run_config.json`` beside it:
+    ``medsam-peft export-bundle`` reads it to write the inference config of the exported bundle.
+    """
     report = network.parameter_report()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1))
+    if run_config:
+        prepare = run_config.pop("prepare_batch", None)
+        run_config["prompt"] = "box" if prepare is not None and "ExtraInput" in type(prepare).__name__ else "none"
+        run_config["checkpoint"] = str(run_config.get("checkpoint") or "")
+        (path.parent / "run_config.json").write_text(json.dumps(run_config, indent=1, default=str))
     print(f"{report['tuner']} on {report['backbone']}: trainable {report['trainable']:,} of {report['total']:,} "
           f"({100 * report['ratio']:.2f}%)", flush=True)
     return path

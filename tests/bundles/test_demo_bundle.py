@@ -151,3 +151,43 @@ def test_inference_writes_masks_from_boxes_in_image_pixels(demo_run, tmp_path) -
         expected = RestoreOriginalSize(128, "bilinear")(prob, (h, w))[0].numpy() > 0.5
         written = np.asarray(Image.open(tmp_path / "masks" / f"{request['name']}_pred.png")) > 127
         assert (written != expected).mean() < 1e-4
+
+
+def test_export_bundle_is_valid_and_runs_anywhere(demo_run, tmp_path) -> None:
+    from medsam_peft.cli import main as cli_main
+
+    out, _ = demo_run
+    bundle = tmp_path / "exported"
+    assert cli_main(["export-bundle", str(out / "run"), str(bundle), "--label", "thalamus"]) == 0
+    assert {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()} == {
+        "configs/metadata.json", "configs/inference.json", "models/model.pt", "docs/README.md", "LICENSE"}
+    assert (bundle / "models" / "model.pt").read_bytes() == (out / "run" / "checkpoints" / "adapter_best.pt").read_bytes()
+    verify = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file",
+                             str(bundle / "configs" / "metadata.json"), "--filepath",
+                             str(REPO / "tests" / "data" / "meta_schema_20240725.json")],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert verify.returncode == 0 and "metadata is verified with no error" in verify.stdout + verify.stderr
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "thalamus"}
+    # run the exported inference from an unrelated folder: nothing outside the bundle is needed
+    item = load_decathlon_datalist(out / "data" / "datalist.json", data_list_key="validation", base_dir=out / "data")[0]
+    ys, xs = np.nonzero(np.asarray(Image.open(item["label"])) > 127)
+    box = [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]
+    (tmp_path / "requests.json").write_text(json.dumps([{"image": item["image"], "box": box, "name": "q"}]))
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+                           "--bundle_root", ".", "--datalist", str(tmp_path / "requests.json"), "--output_dir",
+                           str(tmp_path / "masks"), "--precision", "float32"],
+                          capture_output=True, text=True, cwd=bundle, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    truth = np.asarray(Image.open(item["label"])) > 127
+    mask = np.asarray(Image.open(tmp_path / "masks" / "q_pred.png")) > 127
+    model = load_tuned_sam(bundle / "models" / "model.pt").eval()
+    image = np.asarray(Image.open(item["image"]), dtype=np.float32) / 255.0
+    h, w = image.shape
+    scale = 128 / max(h, w)
+    resized = ResizeLongestSide(128, "bilinear")(torch.as_tensor(image)[None].expand(3, -1, -1))
+    scaled = torch.tensor([box], dtype=torch.float32) * torch.tensor([round(w * scale) / w, round(h * scale) / h] * 2)
+    with torch.no_grad():
+        expected = RestoreOriginalSize(128, "bilinear")(torch.sigmoid(model(resized[None], boxes=scaled))[0], (h, w))
+    assert mask.shape == truth.shape and (mask != (expected[0].numpy() > 0.5)).mean() < 1e-4
