@@ -68,3 +68,19 @@ def test_missing_dataset_stops_with_the_prepare_command(tmp_path) -> None:
     assert done.returncode == 1
     assert f"Prepare it with:  medsam-peft prepare kvasir --root {tmp_path / 'nowhere'}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_early_stopping_ends_a_run_that_stops_improving(small_data, tmp_path, monkeypatch) -> None:
+    """learning_rate 0: the key metric cannot improve on the validation before training (the zero-shot baseline
+    counts), so patience 1 stops the 6-epoch run after its first epoch."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    workflow = ConfigWorkflow(
+        config_file=str(REPO / "bundles" / "conv_lora_kvasir.json"), workflow_type="train", bundle_root=str(REPO),
+        dataset_dir=str(small_data), output_dir=str(tmp_path), backbone="vit_tiny", checkpoint="", image_size=128,
+        max_epochs=6, num_workers=0, overlays=0, learning_rate=0.0, early_stop_patience=1, experiment_name="stop")
+    workflow.initialize()
+    workflow.run()
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    assert trainer.state.epoch == 1 and trainer.state.max_epochs == 6
+    workflow.finalize()
