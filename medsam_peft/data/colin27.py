@@ -14,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from medsam_peft.data.volumes import slice_to_image, to_uint8
+from medsam_peft.transforms.volume import AXES, foreground_slices
+
 DEFAULT_TEMPLATES_DIR = Path("/usr/share/mricron/templates")
 # Subcortical AAL labels, whose boundaries are visible on T1 (reference offline-data note, section B1).
 SUBCORTICAL = (37, 38, 41, 42, 71, 72, 73, 74, 75, 76, 77, 78)
-AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 
 
 def read_aal_names(templates_dir: Path) -> dict[int, str]:
@@ -44,21 +46,11 @@ def _load_pair(templates_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(image_nii.dataobj, dtype=np.float32), np.asarray(label_nii.dataobj).astype(np.int32)
 
 
-def _to_uint8(slice_2d: np.ndarray, low: float, high: float) -> np.ndarray:
-    return (np.clip((slice_2d - low) / (high - low), 0, 1) * 255).round().astype(np.uint8)
-
-
-def _oriented(slice_2d: np.ndarray) -> np.ndarray:
-    # voxel (i, j) -> image rows = second axis flipped (anterior/superior at the top), columns = first axis
-    return np.ascontiguousarray(slice_2d.T[::-1])
-
-
 def colin27_pairs(
     labels: np.ndarray, structures: tuple[int, ...], axis: int, min_pixels: int, slice_step: int = 1
 ) -> list[tuple[int, int]]:
     """(slice index, structure id) pairs with at least ``min_pixels`` pixels, every ``slice_step``-th slice."""
-    counts = {s: (labels == s).sum(axis=tuple(a for a in range(3) if a != axis)) for s in structures}
-    return [(z, s) for z in range(0, labels.shape[axis], slice_step) for s in structures if counts[s][z] >= min_pixels]
+    return [(z, s) for z, s in foreground_slices(labels, axis, min_pixels, structures) if z % slice_step == 0]
 
 
 def prepare_colin27_aal(
@@ -84,7 +76,7 @@ def prepare_colin27_aal(
     if unknown:
         raise ValueError(f"AAL has no structure id(s) {unknown}; ids are 1..116 (see {templates / 'aal.nii.txt'})")
     axis = AXES[plane]
-    low, high = np.percentile(image[image > 0], [0.5, 99.5])
+    scaled = to_uint8(image)  # the non-zero voxels' 0.5-99.5 percentiles to 0-255
     root = Path(root)
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
@@ -92,9 +84,9 @@ def prepare_colin27_aal(
     for z, structure in colin27_pairs(labels, structures, axis, min_pixels, slice_step):
         image_path = root / "images" / f"{plane}_{z:03d}.png"
         if not image_path.exists():
-            Image.fromarray(_oriented(_to_uint8(np.take(image, z, axis=axis), low, high))).save(image_path)
+            Image.fromarray(slice_to_image(np.take(scaled, z, axis=axis))).save(image_path)
         mask_path = root / "masks" / f"{plane}_{z:03d}_aal{structure:03d}.png"
-        mask = _oriented((np.take(labels, z, axis=axis) == structure).astype(np.uint8) * 255)
+        mask = slice_to_image((np.take(labels, z, axis=axis) == structure).astype(np.uint8) * 255)
         Image.fromarray(mask).save(mask_path)
         split = "training" if structure % 2 == 1 else "validation"
         lists[split].append({"image": str(image_path.relative_to(root)), "label": str(mask_path.relative_to(root)),

@@ -38,9 +38,14 @@ def to_uint8(volume: np.ndarray, window: tuple[float, float] | None = None,
     return (np.clip((volume - low) / (high - low), 0, 1) * 255).round().astype(np.uint8)
 
 
-def _oriented(plane: np.ndarray) -> np.ndarray:
-    # voxel (i, j) of a RAS slice -> image rows = j flipped (anterior/superior at the top), columns = i
+def slice_to_image(plane: np.ndarray) -> np.ndarray:
+    """Voxel (i, j) of a RAS slice -> image rows = j flipped (anterior/superior at the top), columns = i."""
     return np.ascontiguousarray(plane.T[::-1])
+
+
+def image_to_slice(image: np.ndarray) -> np.ndarray:
+    """Inverse of ``slice_to_image``: a 2-D image back to the slice's voxel order."""
+    return np.ascontiguousarray(image[::-1].T)
 
 
 def slice_cases(
@@ -86,10 +91,10 @@ def slice_cases(
             stem = f"{case['case']}_{plane}_{z:03d}"
             image_path = root / "images" / f"{stem}.png"
             if z not in written:
-                Image.fromarray(_oriented(np.take(scaled, z, axis=axis))).save(image_path)
+                Image.fromarray(slice_to_image(np.take(scaled, z, axis=axis))).save(image_path)
                 written.add(z)
             mask_path = root / "masks" / f"{stem}_label{label_id:03d}.png"
-            mask = _oriented((np.take(label, z, axis=axis) == label_id).astype(np.uint8) * 255)
+            mask = slice_to_image((np.take(label, z, axis=axis) == label_id).astype(np.uint8) * 255)
             Image.fromarray(mask).save(mask_path)
             lists.setdefault(split, []).append({
                 "image": str(image_path.relative_to(root)), "label": str(mask_path.relative_to(root)),

@@ -51,7 +51,7 @@ def predict_volumes(
 
     Intensities are scaled as the training slices were (``window`` for CT, percentiles for MR when ``None``).
     """
-    from medsam_peft.data.volumes import _oriented, to_uint8
+    from medsam_peft.data.volumes import image_to_slice, slice_to_image, to_uint8
     from medsam_peft.transforms import (
         AssembleVolume,
         LoadVolumed,
@@ -76,10 +76,10 @@ def predict_volumes(
         for label_id in label_ids:
             planes, indices = [], []
             for item in slices:
-                truth = _oriented((item["label"][0] == label_id).numpy())
+                truth = slice_to_image((item["label"][0] == label_id).numpy())
                 if truth.sum() < min_pixels:
                     continue
-                image = torch.from_numpy(_oriented(item["image"][0].numpy()).copy())[None].expand(3, -1, -1)
+                image = torch.from_numpy(slice_to_image(item["image"][0].numpy()).copy())[None].expand(3, -1, -1)
                 size = truth.shape
                 new_h, new_w = box_resize.scaled_size(size)
                 box = _box(truth) * torch.tensor([new_w / size[1], new_h / size[0]] * 2)
@@ -87,8 +87,7 @@ def predict_volumes(
                                     enabled=precision is not None):
                     logits = network(resize(image)[None].to(device), boxes=box.to(device)).float()
                 prob = restore(torch.sigmoid(logits[0, :1]).cpu(), size)
-                # undo _oriented: rows were the flipped second axis, columns the first axis
-                planes.append((prob[0].numpy()[::-1].T > 0.5)[None].copy())
+                planes.append(image_to_slice(prob[0].numpy() > 0.5)[None])
                 indices.append(item["slice_index"])
             if not planes:
                 continue
