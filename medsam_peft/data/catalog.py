@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from medsam_peft.utils.download import DownloadError, download_file, file_digest
+from medsam_peft.utils import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -391,7 +392,7 @@ def _verified_download(archive: Archive, downloads: Path, mirror: str | None) ->
     path = download_file(url, downloads / archive.filename, sha256=sha256, md5=archive.md5)
     if archive.sha256 is None and archive.md5 is None and archive.filename not in recorded:
         recorded[archive.filename] = file_digest(path)
-        record_file.write_text(json.dumps(recorded, indent=1))
+        write_json_atomic(record_file, recorded)
         logger.warning("%s: the publisher gives no checksum; recorded sha256 %s in %s for later verification",
                        archive.filename, recorded[archive.filename], record_file)
     return path
@@ -437,7 +438,4 @@ def prepare_dataset(name: str, root: str | os.PathLike, source: str | os.PathLik
     datalist = root / "datalist.json"
     meta = {"name": name, "title": spec.title, "homepage": spec.homepage, "task": spec.task, "split": spec.split,
             "seed": seed, "counts": {k: len(v) for k, v in lists.items()}}
-    tmp = datalist.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({**lists, "meta": meta}, indent=1))
-    os.replace(tmp, datalist)
-    return datalist
+    return write_json_atomic(datalist, {**lists, "meta": meta})

@@ -8,7 +8,6 @@ held-out set is other structures of the same subject, which is what this small o
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from medsam_peft.data.volumes import slice_to_image, to_uint8
 from medsam_peft.transforms.volume import AXES, foreground_slices
+from medsam_peft.utils import write_json_atomic
 
 DEFAULT_TEMPLATES_DIR = Path("/usr/share/mricron/templates")
 # Subcortical AAL labels, whose boundaries are visible on T1 (reference offline-data note, section B1).
@@ -95,5 +95,4 @@ def prepare_colin27_aal(
     meta = {"name": "colin27_aal", "source": str(templates), "structures": {s: names[s] for s in structures},
             "min_pixels": min_pixels, "slice_step": slice_step,
             "note": "one subject; validation = right-hemisphere counterparts of the training structures"}
-    datalist.write_text(json.dumps({**lists, "meta": meta}, indent=1))
-    return datalist
+    return write_json_atomic(datalist, {**lists, "meta": meta})

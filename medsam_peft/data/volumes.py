@@ -18,6 +18,7 @@ import numpy as np
 
 from medsam_peft.transforms.io import LoadVolume
 from medsam_peft.transforms.volume import AXES, foreground_slices, write_nifti
+from medsam_peft.utils import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -104,10 +105,7 @@ def slice_cases(
             "min_volume_voxels": min_volume_voxels, "labels": {int(k): v for k, v in label_names.items()},
             "note": note}
     datalist = root / "datalist.json"
-    tmp = datalist.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({**lists, "meta": meta}, indent=1))
-    os.replace(tmp, datalist)
-    return datalist
+    return write_json_atomic(datalist, {**lists, "meta": meta})
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
@@ -176,5 +174,5 @@ def prepare_invesalius_ct(
     data["validation"] = [s for s in data["training"] if s["slice"] >= cut]
     data["training"] = [s for s in data["training"] if s["slice"] < cut]
     data["meta"]["split"] = f"slices < {cut} training, >= {cut} validation (one volume)"
-    datalist.write_text(json.dumps(data, indent=1))
+    write_json_atomic(datalist, data)
     return datalist

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -13,16 +12,13 @@ import torch
 from ignite.engine import Engine
 
 from medsam_peft.engines.metrics import dice_score
+from medsam_peft.utils import write_json_atomic
 
 
 def write_metrics(evaluator: Engine, path: str | os.PathLike, split: str = "") -> dict[str, float]:
     """Print the evaluator's metrics and write them as JSON (atomically)."""
     metrics = {k: float(v) for k, v in evaluator.state.metrics.items() if isinstance(v, (int, float))}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"split": split, "metrics": metrics}, indent=1))
-    os.replace(tmp, path)
+    write_json_atomic(path, {"split": split, "metrics": metrics})
     print(f"{split or 'evaluation'}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
     return metrics
 
@@ -57,6 +53,7 @@ def predict_volumes(
         LoadVolumed,
         ResizeLongestSide,
         RestoreOriginalSize,
+        ScaleBoxd,
         SliceVolumed,
         write_nifti,
     )
@@ -64,7 +61,7 @@ def predict_volumes(
     network.eval()
     output_dir = Path(output_dir)
     resize, restore = ResizeLongestSide(image_size, "bilinear"), RestoreOriginalSize(image_size, "bilinear")
-    box_resize = ResizeLongestSide(image_size)
+    box_to_model = ScaleBoxd(size=image_size)
     report: dict[str, Any] = {"volumes": {}, "mean_dice": {}}
     for entry in volumes:
         case = entry.get("case") or Path(entry["image"]).name.split(".")[0]
@@ -81,8 +78,7 @@ def predict_volumes(
                     continue
                 image = torch.from_numpy(slice_to_image(item["image"][0].numpy()).copy())[None].expand(3, -1, -1)
                 size = truth.shape
-                new_h, new_w = box_resize.scaled_size(size)
-                box = _box(truth) * torch.tensor([new_w / size[1], new_h / size[0]] * 2)
+                box = box_to_model({"box": _box(truth), "image_original_size": size})["box"][None]
                 with torch.autocast(torch.device(device).type, dtype=getattr(torch, precision),
                                     enabled=precision is not None):
                     logits = network(resize(image)[None].to(device), boxes=box.to(device)).float()
@@ -101,7 +97,6 @@ def predict_volumes(
         values = [v for v in values if not math.isnan(v)]
         if values:
             report["mean_dice"][str(label_id)] = float(np.mean(values))
-    path = output_dir / "volume_dice.json"
-    path.write_text(json.dumps(report, indent=1))
+    write_json_atomic(output_dir / "volume_dice.json", report)
     print("3-D Dice per structure: " + "  ".join(f"{k} {v:.4f}" for k, v in report["mean_dice"].items()), flush=True)
     return report

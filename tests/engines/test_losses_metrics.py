@@ -6,7 +6,6 @@ import numpy as np
 import py_sod_metrics
 import pytest
 import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
 from medsam_peft.engines import BalancedBCEWithLogitsLoss, BalancedErrorRate, SodMetric, StructureLoss, dice_score
