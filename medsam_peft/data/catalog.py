@@ -287,7 +287,7 @@ def _abdomen_ct(raw: Path, out: Path, seed: int) -> Lists:
     HU window [-500, 1000], >= 100 pixels per slice and >= 1000 voxels per volume (SAM-PARSER's pre_CT.py)."""
     from medsam_peft.data.volumes import slice_cases
 
-    labels = {p.name.replace(".nii.gz", ""): p for p in raw.rglob("*.nii.gz") if "_0000" not in p.name}
+    labels = {p.name[: -len(".nii.gz")]: p for p in raw.rglob("*.nii.gz") if not p.name.endswith("_0000.nii.gz")}
     cases = []
     for image in sorted(raw.rglob("*_0000.nii.gz")):
         case = image.name.replace("_0000.nii.gz", "")
@@ -300,9 +300,9 @@ def _abdomen_ct(raw: Path, out: Path, seed: int) -> Lists:
     n_test = max(1, round(0.2 * len(ids))) if len(ids) > 1 else 0
     splits = {case: ("test" if i < n_test else "training") for i, case in enumerate(ids)}
     names = {1: "liver", 2: "kidney", 3: "spleen", 4: "pancreas"}  # AbdomenCT-1K label ids
-    slice_cases(out, cases, splits, names, window=(-500.0, 1000.0), min_pixels=100, min_volume_voxels=1000,
-                name="abdomenct1k")
-    return {k: v for k, v in json.loads((out / "datalist.json").read_text()).items() if k != "meta"}
+    # keeps slice_cases' meta (labels, plane, window): configs/evaluate_volumes.json reads it
+    return slice_cases(out, cases, splits, names, window=(-500.0, 1000.0), min_pixels=100, min_volume_voxels=1000,
+                       name="abdomenct1k")
 
 
 def _needs_multiclass_head(raw: Path, out: Path, seed: int) -> Lists:
@@ -435,7 +435,8 @@ def prepare_dataset(name: str, root: str | os.PathLike, source: str | os.PathLik
                 raise DatasetUnavailable(f"{spec.title}: {err}") from err
             _extract(path, raw)
     lists = spec.layout(raw, root, seed)
+    layout_meta = lists.pop("meta", {})
     datalist = root / "datalist.json"
-    meta = {"name": name, "title": spec.title, "homepage": spec.homepage, "task": spec.task, "split": spec.split,
+    meta = {**layout_meta, "name": name, "title": spec.title, "homepage": spec.homepage, "task": spec.task, "split": spec.split,
             "seed": seed, "counts": {k: len(v) for k, v in lists.items()}}
     return write_json_atomic(datalist, {**lists, "meta": meta})

@@ -6,7 +6,6 @@ can predict every slice, re-assemble the volume with the input's affine and scor
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import plistlib
@@ -60,8 +59,9 @@ def slice_cases(
     min_volume_voxels: int = 0,
     name: str = "volumes",
     note: str = "",
-) -> Path:
-    """Write ``root/images``, ``root/masks`` and ``root/datalist.json`` from 3-D ``cases``.
+) -> dict[str, object]:
+    """Write ``root/images`` and ``root/masks`` from 3-D ``cases``; return the datalist content (split lists,
+    ``<split>_volumes`` lists and a ``meta`` with labels, plane and window) for the caller to adjust and write.
 
     Each case is ``{"case": id, "image": volume path, "label": volume path}``; ``splits`` maps case ids to
     ``training``/``validation``/``test``. A (slice, label) pair becomes a sample when the label has at least
@@ -104,8 +104,7 @@ def slice_cases(
     meta = {"name": name, "plane": plane, "window": window, "min_pixels": min_pixels,
             "min_volume_voxels": min_volume_voxels, "labels": {int(k): v for k, v in label_names.items()},
             "note": note}
-    datalist = root / "datalist.json"
-    return write_json_atomic(datalist, {**lists, "meta": meta})
+    return {**lists, "meta": meta}
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
@@ -163,16 +162,14 @@ def prepare_invesalius_ct(
     label = np.where(bone, 1, np.where(head, 2, 0)).astype(np.uint8)
     image_path = write_nifti(hu, affine, root / "volumes" / "image.nii.gz", dtype=np.int16)
     label_path = write_nifti(label, affine, root / "volumes" / "label.nii.gz")
-    # split one volume by position: two cases share the files, each keeps its own slice range
-    datalist = slice_cases(root, [{"case": "cranium", "image": str(image_path), "label": str(label_path)}],
-                           {"cranium": "training"}, {1: "bone", 2: "soft_tissue"}, plane=plane, window=CT_WINDOW,
-                           min_pixels=min_pixels, name="invesalius_ct",
-                           note="masks are HU thresholds from the InVesalius project, not manual labels")
-    data = json.loads(datalist.read_text())
+    data = slice_cases(root, [{"case": "cranium", "image": str(image_path), "label": str(label_path)}],
+                       {"cranium": "training"}, {1: "bone", 2: "soft_tissue"}, plane=plane, window=CT_WINDOW,
+                       min_pixels=min_pixels, name="invesalius_ct",
+                       note="masks are HU thresholds from the InVesalius project, not manual labels")
+    # one volume: split its samples by slice position
     depth = hu.shape[AXES[plane]]
     cut = int(round(depth * (1 - validation_fraction)))
     data["validation"] = [s for s in data["training"] if s["slice"] >= cut]
     data["training"] = [s for s in data["training"] if s["slice"] < cut]
     data["meta"]["split"] = f"slices < {cut} training, >= {cut} validation (one volume)"
-    write_json_atomic(datalist, data)
-    return datalist
+    return write_json_atomic(root / "datalist.json", data)

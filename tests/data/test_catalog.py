@@ -111,3 +111,23 @@ def test_every_seed_dataset_is_catalogued() -> None:
     for spec in DATASETS.values():
         assert spec.archives or spec.registration, spec.name  # either downloadable or says how to get it
         assert all(a.url.startswith(("https://", "http://")) for a in spec.archives)
+
+
+def test_abdomen_ct_nifti_pairs_keep_the_volume_meta(tmp_path) -> None:
+    """NIfTI pairs via --source: patient-level split, slices with >= 100 px, and the meta that the 3-D evaluation
+    config reads (labels, plane, HU window) survives into the written datalist."""
+    import nibabel as nib
+
+    source = tmp_path / "AbdomenCT"
+    source.mkdir()
+    for i in range(5):
+        hu = np.full((40, 40, 12), -1000.0, np.float32)
+        label = np.zeros((40, 40, 12), np.uint8)
+        hu[5:30, 5:30, 2:10], label[5:30, 5:30, 2:10] = 60.0, 1  # 625 px per slice, 5,000 voxels
+        nib.save(nib.Nifti1Image(hu, np.eye(4)), source / f"Case_{i:05d}_0000.nii.gz")
+        nib.save(nib.Nifti1Image(label, np.eye(4)), source / f"Case_{i:05d}.nii.gz")
+    data = json.loads(prepare_dataset("abdomenct", tmp_path / "ct", source=source).read_text())
+    assert len(data["test_volumes"]) == 1 and len(data["training_volumes"]) == 4
+    assert len(data["training"]) == 4 * 8 and len(data["test"]) == 8
+    assert data["meta"]["labels"]["1"] == "liver" and data["meta"]["window"] == [-500.0, 1000.0]
+    assert data["meta"]["plane"] == "axial" and data["meta"]["name"] == "abdomenct"
