@@ -42,22 +42,22 @@ class AuxLossHandler:
 class GradientClipHandler:
     """Clip the global gradient norm of the trainable parameters before each optimiser step (reference: 1.0).
 
-    With ``accumulation_steps`` > 1 (MONAI ``SupervisedTrainer(accumulation_steps=...)``) it clips only the
-    backward that precedes a step, i.e. the accumulated gradient, using the trainer's own step rule.
+    With the trainer's ``accumulation_steps`` > 1 (MONAI ``SupervisedTrainer(accumulation_steps=...)``) it clips
+    only the backward that precedes a step, i.e. the accumulated gradient, using the trainer's own step rule.
     """
 
-    def __init__(self, network: torch.nn.Module, max_norm: float = 1.0, accumulation_steps: int = 1) -> None:
+    def __init__(self, network: torch.nn.Module, max_norm: float = 1.0) -> None:
         self.params = [p for p in network.parameters() if p.requires_grad]
         self.max_norm = max_norm
-        self.accumulation_steps = int(accumulation_steps)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        if self.accumulation_steps > 1:
+        steps = getattr(engine, "accumulation_steps", 1)
+        if steps > 1:
             local = (engine.state.iteration - 1) % engine.state.epoch_length
-            if (local + 1) % self.accumulation_steps and local + 1 != engine.state.epoch_length:
+            if (local + 1) % steps and local + 1 != engine.state.epoch_length:
                 return
         torch.nn.utils.clip_grad_norm_(self.params, self.max_norm)
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
+from PIL import Image
 
 from medsam_peft.transforms.array import BoxFromMask, PointsFromMask, ResizeLongestSide, RestoreOriginalSize
 
@@ -143,17 +147,11 @@ class SaveMaskd(MapTransform):
     def __init__(self, keys: KeysCollection, output_dir: str, name_key: str = "image", postfix: str = "pred",
                  allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.output_dir, self.image_key, self.postfix = output_dir, name_key, postfix
+        self.output_dir, self.name_key, self.postfix = output_dir, name_key, postfix
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        import os
-        from pathlib import Path
-
-        import numpy as np
-        from PIL import Image
-
         d = dict(data)
-        source = str(getattr(d[self.image_key], "meta", {}).get("filename_or_obj", "image"))
+        source = str(getattr(d[self.name_key], "meta", {}).get("filename_or_obj", "image"))
         stem = str(d["name"]) if "name" in d else Path(source).name.split(".")[0]  # an entry's own name wins
         for key in self.key_iterator(d):
             mask = torch.as_tensor(d[key]).detach().cpu().reshape(d[key].shape[-2:]).numpy() > 0.5

@@ -84,3 +84,26 @@ def test_ber_per_image_and_over_the_dataset() -> None:
 def test_dice_score_nan_when_both_empty() -> None:
     assert np.isnan(dice_score(np.zeros(5), np.zeros(5)))
     assert dice_score(np.array([1, 1, 0, 0]), np.array([1, 0, 0, 0])) == pytest.approx(2 / 3)
+
+
+def test_gradient_clipping_waits_for_the_accumulated_gradient() -> None:
+    """With the trainer's accumulation_steps = 2 over a 3-iteration epoch, steps happen after iterations 2 and 3
+    (the epoch's last): only those backwards are clipped."""
+    from ignite.engine import Engine
+
+    from medsam_peft.engines import GradientClipHandler
+
+    layer = torch.nn.Linear(4, 1)
+    engine = Engine(lambda e, b: None)
+    engine.accumulation_steps = 2
+    engine.state.epoch_length = 3
+    clip = GradientClipHandler(layer, max_norm=1.0)
+    clipped = []
+    for iteration in (1, 2, 3):
+        for p in layer.parameters():
+            p.grad = torch.full_like(p, 10.0)
+        engine.state.iteration = iteration
+        clip(engine)
+        norm = torch.sqrt(sum((p.grad ** 2).sum() for p in layer.parameters()))
+        clipped.append(bool(norm <= 1.0 + 1e-6))
+    assert clipped == [False, True, True]
