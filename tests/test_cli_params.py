@@ -23,12 +23,54 @@ from medsam_peft.cli import main
         ("vit_l", "conv_lora", 3_817_728, {"adapter": 312_192, "mask_decoder": 3_505_536}),
     ],
 )
-def test_params_json(backbone, tuner, trainable, groups, capsys) -> None:
+def test_params_json(backbone, tuner, trainable, groups, capsys) -> None:  # exact counts of the core tuners
     assert main(["params", "--backbone", backbone, "--tuner", tuner, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["trainable"] == trainable
     assert report["trainable_by_group"] == groups
     assert report["ratio"] == pytest.approx(trainable / report["total"])
+
+
+# Baselines: (backbone, tuner, the paper's count in M (Conv-LoRA table) or K = 1024 (SAM-PARSER table), exact count,
+# independent formula for the adapter part). ViT-H: C = 1280, 32 blocks, 4 global; ViT-B: C = 768, 12 blocks.
+H, HB, DEC, FULL_DEC = 1280, 32, 3_505_536, 4_058_340
+BASELINES = [
+    # BitFit: biases of norm1, qkv, proj, norm2, lin1, lin2 per block; patch embedding; the neck's two LayerNorms.
+    ("vit_h", "bitfit", 3.96e6, HB * (H + 3 * H + H + H + 4 * H + H) + H + 2 * 256 + DEC),
+    ("vit_h", "adapter", 3.92e6, 2 * HB * (2 * H * 2 + 2 + H) + DEC),
+    ("vit_h", "vpt", 4.00e6, HB * 12 * H + DEC),
+    # SSF: scale + shift after the same six operations, the patch embedding and the neck's LayerNorms.
+    ("vit_h", "ssf", 4.42e6, HB * 2 * (H + 3 * H + H + H + 4 * H + H) + 2 * H + 2 * 2 * 256 + DEC),
+    ("vit_h", "sam_adapter", 3.98e6, (H * 80 + 80) + (3 * 80 * 256 + 80) + HB * (80 * 80 + 80) + (80 * H + H) + DEC),
+    # LST side width 100, 10 heads: per block ladder C*d+d, side block 12d^2+13d, rel-pos 2(2s-1)(d/10); 31 gates.
+    ("vit_h", "lst", 11.49e6, HB * (H * 100 + 100 + 12 * 100**2 + 13 * 100) + 28 * 2 * 27 * 10 + 4 * 2 * 127 * 10
+     + 31 + (100 * H + H) + DEC),
+    ("vit_h", "full", 641.09e6, 641_090_608),
+    ("vit_b", "fact", 3977.5 * 1024, 2 * 768 * 8 + 12 * 4 * 8 * 8 + FULL_DEC),
+    ("vit_b", "lora", 4080.2 * 1024, 12 * 4 * (768 + 3 * 768) + FULL_DEC),  # SAM-PARSER's LoRA row: --rank 4 + full decoder
+    ("vit_b", "adapter", 4314.7 * 1024, 2 * 12 * (2 * 768 * 9 + 9 + 768) + FULL_DEC),  # --option bottleneck=9
+]
+# The SAM-PARSER paper's baselines train SAM's whole decoder (its "3963.2K"): four mask tokens, IoU head included.
+SAM_PARSER_SETTING = ["--option", "mask_tokens=null", "--option", "frozen_modules=[]"]
+
+
+@pytest.mark.parametrize("backbone, tuner, paper, exact", BASELINES, ids=[f"{b}-{t}" for b, t, *_ in BASELINES])
+def test_baseline_counts_match_the_papers_within_two_percent(backbone, tuner, paper, exact, capsys) -> None:
+    args = ["params", "--backbone", backbone, "--tuner", tuner, "--json"]
+    if (backbone, tuner) == ("vit_b", "lora"):
+        args += ["--rank", "4", *SAM_PARSER_SETTING]
+    if (backbone, tuner) == ("vit_b", "adapter"):
+        args += ["--option", "bottleneck=9", *SAM_PARSER_SETTING]
+    assert main(args) == 0
+    trainable = json.loads(capsys.readouterr().out)["trainable"]
+    assert trainable == exact
+    assert abs(trainable / paper - 1) < 0.02, (trainable, paper)
+
+
+def test_sam_parser_lora_adds_the_papers_lora_to_the_coefficients(capsys) -> None:
+    main(["params", "--backbone", "vit_b", "--tuner", "sam_parser_lora", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["trainable_by_group"] == {"adapter": 512 + 12 * 4 * (768 + 3 * 768), "mask_decoder": FULL_DEC}
 
 
 def test_conv_lora_vit_h_ratio_matches_the_paper(capsys) -> None:

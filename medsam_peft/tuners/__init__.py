@@ -1,6 +1,20 @@
 """Parameter-efficient tuners for SAM, one folder each, registered by name."""
 
-from medsam_peft.tuners import conv_lora, decoder_only, lora, sam_parser  # noqa: F401  (registration)
+from medsam_peft.tuners import (  # noqa: F401  (registration)
+    adapter,
+    bitfit,
+    conv_lora,
+    decoder_only,
+    fact,
+    full,
+    lora,
+    lst,
+    sam_adapter,
+    sam_parser,
+    sam_parser_lora,
+    ssf,
+    vpt,
+)
 from medsam_peft.tuners.adapter_io import AdapterLoadError, load_adapter, read_adapter, save_adapter
 from medsam_peft.tuners.base import BaseTunerLayer, TunedSam, TunerConfig
 from medsam_peft.tuners.conv_lora import ConvLoraConfig, ConvLoraModel

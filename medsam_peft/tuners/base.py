@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
+from segment_anything.modeling.image_encoder import ImageEncoderViT
 
 from medsam_peft.models.promptable_sam import PromptableSam
 
@@ -42,6 +43,8 @@ class TunerConfig:
 
     tuner_type: ClassVar[str] = ""
     default_target_modules: ClassVar[str | None] = None
+    # Tuners that rely on ImageEncoderViT's uniform width, token grid or block list (VPT, LST, SAM-Adapter, FacT).
+    requires_vit_encoder: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         self.trainable_modules = tuple(self.trainable_modules)
@@ -128,10 +131,12 @@ class BaseTunerLayer:
 class TunedSam(nn.Module):
     """A ``PromptableSam`` with a tuner applied in place; ``forward`` is the model's forward.
 
-    Subclasses set ``prefix`` (every adapter parameter name starts with it) and implement ``_create_layer``.
+    Subclasses set ``prefix`` (a name part of every adapter parameter starts with it; a tuple for tuners that combine
+    others' layers) and implement ``_create_layer``. Tuners with modules shared by all layers (FacT's factors, LST's
+    side network) attach them to the image encoder in ``_inject`` so that they are saved and counted with the model.
     """
 
-    prefix: ClassVar[str] = ""
+    prefix: ClassVar[str | tuple[str, ...]] = ""
     # False for tuners whose added parameters act from the first step (e.g. VPT's prompt tokens).
     identity_at_init: ClassVar[bool] = True
 
@@ -139,6 +144,12 @@ class TunedSam(nn.Module):
         super().__init__()
         if not isinstance(model, PromptableSam):
             raise TypeError(f"expected a PromptableSam, got {type(model).__name__}")
+        if config.requires_vit_encoder and not isinstance(model.image_encoder, ImageEncoderViT):
+            raise ValueError(
+                f"tuner {config.tuner_type!r} needs a SAM ViT image encoder (vit_b, vit_l, vit_h, MedSAM or vit_tiny); "
+                f"backbone {model.backbone!r} has a {type(model.image_encoder).__name__}. Use lora, conv_lora, "
+                f"adapter, ssf, bitfit or sam_parser with it"
+            )
         self.model = model
         self.config = config
         if config.mask_tokens is not None:
@@ -176,7 +187,9 @@ class TunedSam(nn.Module):
         return names
 
     def is_adapter_parameter(self, name: str) -> bool:
-        return any(part.startswith(self.prefix) for part in name.split(".")) if self.prefix else False
+        prefixes = (self.prefix,) if isinstance(self.prefix, str) else tuple(self.prefix)
+        prefixes = tuple(p for p in prefixes if p)
+        return any(part.startswith(prefixes) for part in name.split(".")) if prefixes else False
 
     def _mark_trainable(self) -> None:
         cfg = self.config

@@ -17,8 +17,9 @@ def register_tuner(name: str, config_cls: type[TunerConfig], model_cls: type[Tun
         raise ValueError(f"tuner {name!r} is already registered")
     if config_cls.tuner_type != name:
         raise ValueError(f"{config_cls.__name__}.tuner_type is {config_cls.tuner_type!r}, expected {name!r}")
-    prefixes = {m.prefix for _, m in TUNERS.values() if m.prefix}
-    if model_cls.prefix and model_cls.prefix in prefixes:
+    # A tuple prefix combines layers of registered tuners (SAM-PARSER + LoRA); a new string prefix must be unique.
+    prefixes = {m.prefix for _, m in TUNERS.values() if isinstance(m.prefix, str) and m.prefix}
+    if isinstance(model_cls.prefix, str) and model_cls.prefix in prefixes:
         raise ValueError(f"parameter prefix {model_cls.prefix!r} of tuner {name!r} is already in use")
     TUNERS[name] = (config_cls, model_cls)
 
