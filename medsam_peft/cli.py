@@ -56,7 +56,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         structures = tuple(int(s) for s in args.structures.split(",")) if args.structures else None
         kwargs = {"structures": structures} if structures else {}
         path = prepare_colin27_aal(args.root, source=args.source, plane=args.plane, min_pixels=args.min_pixels,
-                                   slice_step=args.slice_step, **kwargs)
+                                   slice_step=args.slice_step, multiclass=args.multiclass, **kwargs)
     elif args.name == "invesalius_ct":
         path = prepare_invesalius_ct(args.root, source=args.source, plane=args.plane, min_pixels=args.min_pixels)
     elif args.name in DATASETS:
@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--min-pixels", type=int, default=50, help="keep (slice, structure) pairs with >= N pixels")
     prepare.add_argument("--slice-step", type=int, default=1, help="use every N-th slice")
     prepare.add_argument("--structures", default="", help="comma-separated AAL ids (default: 12 subcortical)")
+    prepare.add_argument("--multiclass", action="store_true",
+                         help="colin27_aal: one sample per slice, the structures as classes 1..K (0 = background)")
     prepare.set_defaults(func=cmd_prepare)
 
     export = sub.add_parser("export-bundle", help="write a self-contained MONAI bundle from a training run")

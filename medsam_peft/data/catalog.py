@@ -305,9 +305,41 @@ def _abdomen_ct(raw: Path, out: Path, seed: int) -> Lists:
                        name="abdomenct1k")
 
 
-def _needs_multiclass_head(raw: Path, out: Path, seed: int) -> Lists:
-    raise DatasetUnavailable("Trans10K-v2 preparation arrives with the multi-class head (issue #5); "
-                             "its class-colour masks are not converted yet")
+# Trans10K-v2 categories in the order of the Conv-LoRA paper's table (class id = position; 0 = background).
+TRANS10K_CLASSES = ("background", "shelf", "jar", "freezer", "window", "door", "eyeglass", "cup", "wall", "bowl",
+                    "bottle", "box")
+
+
+def _class_id_mask(path: Path, num_classes: int) -> None:
+    """Refuse masks that are not single-channel class-id maps (ids < num_classes, 255 = ignore)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        if img.mode not in ("L", "P", "I", "I;16"):
+            raise DatasetUnavailable(
+                f"{path}: a {img.mode} mask; Trans10K-v2 is read as single-channel class-id PNGs (values 0..11, the "
+                "layout of the release the Conv-LoRA code trains on, train/images + train/masks_12/<name>_mask.png). "
+                "Convert colour-coded masks to class ids first")
+        values = np.unique(np.asarray(img))
+    bad = [int(v) for v in values if v >= num_classes and v != 255]
+    if bad:
+        raise DatasetUnavailable(f"{path}: class ids {bad} outside 0..{num_classes - 1} (255 = ignore)")
+
+
+def _trans10k(raw: Path, out: Path, seed: int) -> Lists:
+    lists: Lists = {}
+    for split, names in (("training", ("train",)), ("validation", ("validation", "val")), ("test", ("test",))):
+        try:
+            folder = _find_dir(raw, *names)
+        except DatasetUnavailable:
+            continue
+        pairs = _pair_by_stem(_images(folder / "images"), _images(_find_dir(folder, "masks_12")), "_mask")
+        for _, mask in pairs:
+            _class_id_mask(mask, len(TRANS10K_CLASSES))
+        lists[split] = [{"image": str(i.relative_to(out)), "label": str(m.relative_to(out))} for i, m in pairs]
+    if "training" not in lists:
+        raise DatasetUnavailable(f"{raw}: no train/images + train/masks_12 folders (Trans10K-v2 layout)")
+    return {**lists, "meta": {"name": "trans10k", "classes": list(TRANS10K_CLASSES)}}
 
 
 _SIMULA = "https://datasets.simula.no/downloads"
@@ -357,7 +389,8 @@ DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
                 _paired_folders, registration="download the aerial imagery dataset from the WHU page",
                 split="official train / val / test folders", seeds=("sam_parser",)),
     DatasetSpec("trans10k", "Trans10K-v2", "https://xieenze.github.io/projects/TransLAB/TransLAB.html", "multiclass",
-                _needs_multiclass_head, registration="download Trans10K-v2 from the project page (Google Drive)",
+                _trans10k, registration="download Trans10K-v2 from the project page (Google Drive); masks_12 must hold "
+                "class-id PNGs (0..11)",
                 split="official 5,000 / 1,000 / 4,428", seeds=("conv_lora",)),
 )}
 

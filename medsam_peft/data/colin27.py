@@ -60,9 +60,13 @@ def prepare_colin27_aal(
     plane: str = "axial",
     min_pixels: int = 50,
     slice_step: int = 1,
+    multiclass: bool = False,
 ) -> Path:
     """Write PNG slices, masks and ``datalist.json`` (``training`` = left structures, ``validation`` = right).
 
+    With ``multiclass=True`` each slice holding at least ``min_pixels`` of some structure becomes one sample whose
+    mask carries class ids (0 background, i + 1 for ``structures[i]``); every 4th such slice is validation (the
+    interleaved slices of one subject: a check of the multi-class machinery on real labels, not a benchmark).
     Returns the datalist path. Image intensities are scaled by the volume's 0.5-99.5 percentiles to 0-255.
     """
     from PIL import Image
@@ -81,6 +85,8 @@ def prepare_colin27_aal(
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
     lists: dict[str, list[dict[str, object]]] = {"training": [], "validation": []}
+    if multiclass:
+        return _write_multiclass(root, scaled, labels, structures, names, axis, plane, min_pixels, slice_step, templates)
     for z, structure in colin27_pairs(labels, structures, axis, min_pixels, slice_step):
         image_path = root / "images" / f"{plane}_{z:03d}.png"
         if not image_path.exists():
@@ -96,3 +102,28 @@ def prepare_colin27_aal(
             "min_pixels": min_pixels, "slice_step": slice_step,
             "note": "one subject; validation = right-hemisphere counterparts of the training structures"}
     return write_json_atomic(datalist, {**lists, "meta": meta})
+
+
+def _write_multiclass(root: Path, scaled: np.ndarray, labels: np.ndarray, structures: tuple[int, ...],
+                      names: dict[int, str], axis: int, plane: str, min_pixels: int, slice_step: int,
+                      templates: Path) -> Path:
+    from PIL import Image
+
+    slices = sorted({z for z, _ in colin27_pairs(labels, structures, axis, min_pixels, slice_step)})
+    lookup = np.zeros(int(labels.max()) + 1, dtype=np.uint8)
+    for index, structure in enumerate(structures):
+        lookup[structure] = index + 1
+    lists: dict[str, list[dict[str, object]]] = {"training": [], "validation": []}
+    for position, z in enumerate(slices):
+        image_path = root / "images" / f"{plane}_{z:03d}.png"
+        if not image_path.exists():
+            Image.fromarray(slice_to_image(np.take(scaled, z, axis=axis))).save(image_path)
+        mask_path = root / "masks" / f"{plane}_{z:03d}_classes.png"
+        Image.fromarray(slice_to_image(lookup[np.take(labels, z, axis=axis)])).save(mask_path)
+        split = "validation" if position % 4 == 3 else "training"
+        lists[split].append({"image": str(image_path.relative_to(root)), "label": str(mask_path.relative_to(root)),
+                             "slice": z, "plane": plane})
+    classes = ["background"] + [names[s] for s in structures]
+    meta = {"name": "colin27_aal_multiclass", "source": str(templates), "classes": classes, "min_pixels": min_pixels,
+            "slice_step": slice_step, "note": "one subject; validation = every 4th slice holding a structure"}
+    return write_json_atomic(root / "datalist.json", {**lists, "meta": meta})

@@ -12,13 +12,24 @@ from medsam_peft.engines.handlers import (
     RngState,
 )
 from medsam_peft.engines.inferer import AutocastInferer
-from medsam_peft.engines.losses import BalancedBCEWithLogitsLoss, StructureLoss
-from medsam_peft.engines.metrics import BalancedErrorRate, SodMetric, dice_score
+from medsam_peft.engines.losses import BalancedBCEWithLogitsLoss, MaskClassificationLoss, StructureLoss
+from medsam_peft.engines.metrics import BalancedErrorRate, SemanticSegmentationMetric, SodMetric, dice_score
 from medsam_peft.engines.reporting import predict_volumes, write_metrics
 from medsam_peft.engines.tracking import SafeMLFlowHandler
-from medsam_peft.engines.workflow import optimizer_groups, require_datalist, tracked_params, write_parameter_report
+from medsam_peft.engines.workflow import (
+    optimizer_groups,
+    require_datalist,
+    semantic_metrics,
+    tracked_params,
+    train_key_metric,
+    write_parameter_report,
+)
 
 __all__ = [
+    "semantic_metrics",
+    "train_key_metric",
+    "MaskClassificationLoss",
+    "SemanticSegmentationMetric",
     "AdapterState", "AutocastInferer", "AuxLossHandler", "BalancedBCEWithLogitsLoss", "BalancedErrorRate",
     "EpochSummary", "GradientClipHandler", "MetricProgressReport", "OverlayWriter", "ProgressBar",
     "ResumeCheckpoint", "RngState", "SafeMLFlowHandler", "SodMetric", "StructureLoss", "dice_score",

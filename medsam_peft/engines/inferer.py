@@ -23,8 +23,10 @@ class AutocastInferer(Inferer):
             raise ValueError(f"dtype must be bfloat16, float16 or float32, got {dtype!r}")
         self.dtype = getattr(torch, dtype)
 
-    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:
         enabled = self.dtype != torch.float32
         with torch.autocast(device_type=inputs.device.type, dtype=self.dtype, enabled=enabled):
             out = network(inputs, *args, **kwargs)
+        if isinstance(out, dict):  # the multi-class decoder's {"masks", "classes"}
+            return {key: value.float() for key, value in out.items()}
         return out.float()

@@ -110,3 +110,52 @@ def dice_score(pred: np.ndarray | torch.Tensor, label: np.ndarray | torch.Tensor
     pred, label = np.asarray(pred) > 0, np.asarray(label) > 0
     total = pred.sum() + label.sum()
     return math.nan if total == 0 else float(2 * (pred & label).sum() / total)
+
+
+class SemanticSegmentationMetric(Metric):
+    """Dataset-accumulated multi-class scores (Trans10K table): ``reduction`` ``"miou"`` (mean over all
+    ``num_classes`` classes, background included, IoU_c = I_c / (U_c + 2.22e-16), as Trans2Seg's ``score.py``),
+    ``"pixel_accuracy"`` or a class index (that class's IoU).
+
+    Inputs: ``(pred, label)`` class-id maps of the same shape per item. Pixels labelled ``ignore_index`` are left
+    out of both areas (the reference counts them in the predicted area, which only lowers IoU when they exist).
+    """
+
+    def __init__(self, num_classes: int, reduction: str | int = "miou", ignore_index: int = 255,
+                 output_transform: Callable = lambda x: x, device: str | torch.device = "cpu") -> None:
+        if not (reduction in ("miou", "pixel_accuracy") or (isinstance(reduction, int) and 0 <= reduction < num_classes)):
+            raise ValueError(f"reduction must be 'miou', 'pixel_accuracy' or a class index < {num_classes}, got {reduction!r}")
+        self.num_classes = int(num_classes)
+        self.reduction = reduction
+        self.ignore_index = ignore_index
+        super().__init__(output_transform=output_transform, device=device)
+
+    @reinit__is_reduced
+    def reset(self) -> None:
+        self.confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.float64)
+
+    @reinit__is_reduced
+    def update(self, output: tuple) -> None:
+        preds, labels = output
+        for pred, label in zip(preds, labels):
+            pred = torch.as_tensor(pred).detach().reshape(-1).long().cpu()
+            label = torch.as_tensor(label).detach().reshape(-1).long().cpu()
+            keep = label != self.ignore_index
+            pred, label = pred[keep], label[keep]
+            if label.numel() and (int(label.max()) >= self.num_classes or int(pred.max()) >= self.num_classes):
+                raise ValueError(f"class ids must be < num_classes={self.num_classes}")
+            self.confusion += torch.bincount(label * self.num_classes + pred,
+                                             minlength=self.num_classes**2).reshape(self.num_classes, -1).double()
+
+    def class_iou(self) -> torch.Tensor:
+        intersection = self.confusion.diag()
+        union = self.confusion.sum(0) + self.confusion.sum(1) - intersection
+        return intersection / (union + 2.220446049250313e-16)
+
+    def compute(self) -> float:
+        if self.confusion.sum() == 0:
+            raise NotComputableError("SemanticSegmentationMetric needs at least one labelled pixel")
+        if self.reduction == "pixel_accuracy":
+            return float(self.confusion.diag().sum() / self.confusion.sum())
+        iou = self.class_iou()
+        return float(iou.mean()) if self.reduction == "miou" else float(iou[self.reduction])

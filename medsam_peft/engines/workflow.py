@@ -65,3 +65,36 @@ def require_datalist(datalist_file: str | os.PathLike, dataset: str, dataset_dir
             f"Prepare it with:  medsam-peft prepare {dataset} --root {dataset_dir}\n"
             f"or point the bundle at a prepared copy:  --dataset_dir DIR"
         )
+
+
+def train_key_metric(num_classes: int | None = None) -> dict[str, Any]:
+    """The trainer's running metric: mean Dice of the binary masks, or mIoU of the multi-class label maps."""
+    from monai.handlers import MeanDice, from_engine
+
+    from medsam_peft.engines.metrics import SemanticSegmentationMetric
+
+    transform = from_engine(["pred", "label"])
+    if num_classes:
+        return {"train_miou": SemanticSegmentationMetric(int(num_classes), "miou", output_transform=transform)}
+    return {"train_mean_dice": MeanDice(include_background=True, output_transform=transform)}
+
+
+def semantic_metrics(num_classes: int, class_names: list[str] | None = None, key: bool = False,
+                     prefix: str = "val") -> dict[str, Any]:
+    """Multi-class validation metrics (the Trans10K table): ``key=True`` gives ``{prefix_miou}``, else pixel accuracy
+    and one IoU per class, named ``prefix_iou_<class name>`` (``class_<i>`` without names)."""
+    from monai.handlers import from_engine
+
+    from medsam_peft.engines.metrics import SemanticSegmentationMetric
+
+    transform = from_engine(["pred", "label"])
+    if key:
+        return {f"{prefix}_miou": SemanticSegmentationMetric(num_classes, "miou", output_transform=transform)}
+    names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise ValueError(f"{len(names)} class names for num_classes={num_classes}: {names}")
+    metrics: dict[str, Any] = {
+        f"{prefix}_pixel_accuracy": SemanticSegmentationMetric(num_classes, "pixel_accuracy", output_transform=transform)}
+    for index, name in enumerate(names):
+        metrics[f"{prefix}_iou_{name}"] = SemanticSegmentationMetric(num_classes, index, output_transform=transform)
+    return metrics

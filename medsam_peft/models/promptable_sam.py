@@ -62,6 +62,12 @@ class PromptableSam(nn.Module):
     def num_mask_tokens(self) -> int:
         return int(self.mask_decoder.num_mask_tokens)
 
+    @property
+    def num_classes(self) -> int | None:
+        """Classes (background included) of the multi-class decoder; None for SAM's mask decoder."""
+        head = getattr(self.mask_decoder, "output_classifier", None)
+        return None if head is None else int(head.out_features) - 1
+
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
         if self.pixel_normalization == "imagenet":
             return (image - self.pixel_mean) / self.pixel_std
@@ -130,6 +136,26 @@ class PromptableSam(nn.Module):
             masks.append(low_res.reshape(1, -1, *low_res.shape[-2:]))
         return torch.cat(masks, dim=0)
 
+    def decode_queries(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Multi-class decoder (prompt-free): low-resolution mask logits (B, N, S/4, S/4), class logits (B, N, C+1).
+
+        SAM's ``MaskDecoder.predict_masks`` with N query tokens and one shared hypernetwork MLP (the Conv-LoRA
+        reference); all images share the same tokens, so the two-way transformer runs on the whole batch at once.
+        """
+        decoder = self.mask_decoder
+        batch = embeddings.shape[0]
+        _, dense = self._prompt_embeddings(0, None, None, None)
+        tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+        tokens = tokens.unsqueeze(0).expand(batch, -1, -1)
+        image_pe = self.prompt_encoder.get_dense_pe().expand(batch, -1, -1, -1)
+        hs, src = decoder.transformer(embeddings + dense, image_pe, tokens)
+        queries = hs[:, 1 : 1 + decoder.num_mask_tokens, :]
+        b, c, h, w = embeddings.shape
+        upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        hyper = decoder.output_hypernetworks_mlps[0](queries)  # (B, N, C') : one MLP shared by every query
+        masks = (hyper @ upscaled.flatten(2)).reshape(b, -1, *upscaled.shape[-2:])
+        return masks, decoder.output_classifier(queries)
+
     def forward_with_low_res(
         self,
         image: torch.Tensor,
@@ -156,8 +182,41 @@ class PromptableSam(nn.Module):
             boxes: (B, 4) or (B, M, 4) XYXY boxes in input pixels; M masks are predicted per image.
             points: (B, N, 2) XY point prompts in input pixels.
             point_labels: (B, N) labels, 1 foreground, 0 background.
+
+        With the multi-class decoder (``set_semantic_queries``) the model is prompt-free and returns
+        ``{"masks": (B, N, S, S) mask logits, "classes": (B, N, C + 1) class logits}`` (last class = no object);
+        ``medsam_peft.transforms.SemanticFromQueries`` turns that into per-class probabilities.
         """
+        if self.num_classes is not None:
+            if boxes is not None or points is not None:
+                raise ValueError("the multi-class decoder is prompt-free; use prepare_batch 'none' (no boxes/points)")
+            low_res, classes = self.decode_queries(self.encode_image(image))
+            masks = F.interpolate(low_res, size=image.shape[-2:], mode="bilinear", align_corners=False)
+            return {"masks": masks, "classes": classes}
         return self.forward_with_low_res(image, boxes, points, point_labels)[0]
+
+    def set_semantic_queries(self, num_queries: int, num_classes: int) -> None:
+        """Switch to the Conv-LoRA multi-class decoder (MaskFormer-style set prediction on SAM's decoder).
+
+        ``num_queries`` class-agnostic mask tokens, each initialised from the pretrained token 0; the pretrained
+        hypernetwork MLP 0 is shared by all of them; a new ``Linear(C_dec, num_classes + 1)`` class head
+        (``mask_decoder.output_classifier``, PyTorch's default init) scores each query, the last index meaning "no
+        object". ``num_classes`` counts the background. Adds (N - 1) x 256 + 257 x (C + 1) parameters over the
+        single-token decoder.
+        """
+        if num_queries < 1 or num_classes < 2:
+            raise ValueError(f"need num_queries >= 1 and num_classes >= 2, got {num_queries} and {num_classes}")
+        decoder = self.mask_decoder
+        pretrained_token = decoder.mask_tokens.weight[0:1].detach()
+        dim = pretrained_token.shape[1]
+        tokens = nn.Embedding(num_queries, dim, device=pretrained_token.device, dtype=pretrained_token.dtype)
+        with torch.no_grad():
+            tokens.weight.copy_(pretrained_token.expand(num_queries, -1))
+        decoder.mask_tokens = tokens
+        decoder.output_hypernetworks_mlps = nn.ModuleList([decoder.output_hypernetworks_mlps[0]])
+        decoder.num_mask_tokens = num_queries
+        decoder.output_classifier = nn.Linear(dim, num_classes + 1, device=pretrained_token.device,
+                                              dtype=pretrained_token.dtype)
 
     def set_mask_tokens(self, num_tokens: int) -> None:
         """Keep ``num_tokens`` mask tokens and hypernetwork MLPs, each initialised from the pretrained token 0.

@@ -3,8 +3,15 @@
 ``ScaleIntensityRanged(a_min=-500, a_max=1000, b_min=0, b_max=1, clip=True)``, MR percentile scaling is
 ``ScaleIntensityRangePercentilesd(lower=0.5, upper=99.5, b_min=0, b_max=1, clip=True)``)."""
 
-from medsam_peft.transforms.array import BoxFromMask, PointsFromMask, ResizeLongestSide, RestoreOriginalSize
+from medsam_peft.transforms.array import (
+    BoxFromMask,
+    PointsFromMask,
+    ResizeLongestSide,
+    RestoreOriginalSize,
+    SemanticFromQueries,
+)
 from medsam_peft.transforms.dictionary import (
+    SemanticFromQueriesd,
     RandBoxFromMaskd,
     RandBoxFromMaskD,
     RandBoxFromMaskDict,
@@ -47,6 +54,8 @@ from medsam_peft.transforms.volume import (
 )
 
 __all__ = [
+    "SemanticFromQueries",
+    "SemanticFromQueriesd",
     "AssembleVolume", "BoxFromMask", "ImageReadError", "LoadImage2D", "LoadImageMaskD", "LoadImageMaskDict",
     "LoadImageMaskd", "LoadMask2D", "LoadVolume", "LoadVolumeD", "LoadVolumeDict", "LoadVolumed", "PointsFromMask",
     "RandBoxFromMaskD", "RandBoxFromMaskDict", "RandBoxFromMaskd", "RandPointsFromMaskD", "RandPointsFromMaskDict",

@@ -12,7 +12,13 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
 from PIL import Image
 
-from medsam_peft.transforms.array import BoxFromMask, PointsFromMask, ResizeLongestSide, RestoreOriginalSize
+from medsam_peft.transforms.array import (
+    BoxFromMask,
+    PointsFromMask,
+    ResizeLongestSide,
+    RestoreOriginalSize,
+    SemanticFromQueries,
+)
 
 ORIGINAL_SIZE_SUFFIX = "_original_size"
 
@@ -166,3 +172,17 @@ class SaveMaskd(MapTransform):
 
 ScaleBoxD = ScaleBoxDict = ScaleBoxd
 SaveMaskD = SaveMaskDict = SaveMaskd
+
+
+class SemanticFromQueriesd(MapTransform):
+    """Dictionary version of ``SemanticFromQueries``: replaces each key's {"masks", "classes"} by (C, H, W)."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.converter = SemanticFromQueries()
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.converter(d[key])
+        return d

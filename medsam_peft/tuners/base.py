@@ -32,6 +32,9 @@ class TunerConfig:
         mask_tokens: number of decoder mask tokens (``None`` keeps SAM's four). The Conv-LoRA reference decodes a
             binary task with a single mask token and one hypernetwork MLP (see ``PromptableSam.set_mask_tokens``).
         init_weights: start as the identity (True) or with random adapter weights (False, for tests).
+        num_classes: classes including the background for multi-class semantic segmentation (Conv-LoRA's Trans10K
+            setting): the decoder becomes ``mask_tokens`` class-agnostic queries with a class head (see
+            ``PromptableSam.set_semantic_queries``); ``None`` keeps the binary mask decoder.
     """
 
     target_modules: str | None = None
@@ -40,6 +43,7 @@ class TunerConfig:
     frozen_modules: tuple[str, ...] = ("mask_decoder.iou_prediction_head",)
     mask_tokens: int | None = 1
     init_weights: bool = True
+    num_classes: int | None = None
 
     tuner_type: ClassVar[str] = ""
     default_target_modules: ClassVar[str | None] = None
@@ -62,6 +66,14 @@ class TunerConfig:
                 _compile(pattern, field)
         if self.mask_tokens is not None and int(self.mask_tokens) < 1:
             raise ValueError(f"mask_tokens must be >= 1 or None, got {self.mask_tokens}")
+        if self.num_classes is not None:
+            if int(self.num_classes) < 2:
+                raise ValueError(f"num_classes counts the background and must be >= 2, got {self.num_classes}")
+            if self.mask_tokens is None or int(self.mask_tokens) < 2:
+                raise ValueError(
+                    f"num_classes={self.num_classes} needs mask_tokens = the number of queries, at least the most "
+                    f"classes one image holds (the Conv-LoRA reference uses 10); got mask_tokens={self.mask_tokens}"
+                )
 
     @property
     def effective_target_modules(self) -> str | None:
@@ -152,7 +164,9 @@ class TunedSam(nn.Module):
             )
         self.model = model
         self.config = config
-        if config.mask_tokens is not None:
+        if config.num_classes is not None:
+            model.set_semantic_queries(int(config.mask_tokens), int(config.num_classes))
+        elif config.mask_tokens is not None:
             model.set_mask_tokens(int(config.mask_tokens))
         self.targeted_module_names = self._inject()
         self._mark_trainable()
