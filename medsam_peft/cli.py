@@ -79,6 +79,38 @@ def cmd_export_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mergeable(backbone: str, tuner: str) -> bool:
+    from medsam_peft.tuners import build_tuned_sam
+
+    if tuner == "base":
+        return False
+    model = build_tuned_sam(backbone, None, tuner, device="meta")
+    return all(layer.supports_merge for _, layer in model.tuner_layers())
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from itertools import product
+
+    from medsam_peft.benchmark import BenchCase, add_ratios, format_table, run_case
+
+    results = []
+    for backbone, size, dtype, batch, mode, tuner in product(args.backbone, args.size, args.dtype, args.batch,
+                                                             args.mode, args.tuner):
+        if (mode == "train" and tuner == "base") or (mode == "infer_merged" and not _mergeable(backbone, tuner)):
+            print(f"  {backbone} {tuner} {mode}: skipped (nothing to train / not mergeable)")
+            continue
+        case = BenchCase(backbone, tuner, size, dtype, batch, mode, args.device, args.warmup, args.repeats)
+        results.append(run_case(case))
+        print(f"  {backbone} {tuner} {mode} {size} {dtype} b{batch}: {results[-1]['median_s']:.3f} s", flush=True)
+    print(format_table(add_ratios(results, args.baseline)))
+    if args.json:
+        from medsam_peft.utils import write_json_atomic
+
+        write_json_atomic(args.json, results)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medsam-peft", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -106,6 +138,21 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--multiclass", action="store_true",
                          help="colin27_aal: one sample per slice, the structures as classes 1..K (0 = background)")
     prepare.set_defaults(func=cmd_prepare)
+
+    bench = sub.add_parser("bench", help="time training steps / inference per tuner, with ratios to a baseline")
+    bench.add_argument("--backbone", nargs="+", default=["vit_b"])
+    bench.add_argument("--tuner", nargs="+", default=["lora", "conv_lora"],
+                       help="tuners to time; 'base' = SAM without adapter (inference baseline)")
+    bench.add_argument("--size", nargs="+", type=int, default=[256])
+    bench.add_argument("--dtype", nargs="+", default=["bfloat16"], choices=["bfloat16", "float16", "float32"])
+    bench.add_argument("--batch", nargs="+", type=int, default=[1])
+    bench.add_argument("--mode", nargs="+", default=["train"], choices=["train", "infer", "infer_merged"])
+    bench.add_argument("--device", default="cpu")
+    bench.add_argument("--warmup", type=int, default=1)
+    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--baseline", default="lora", help="tuner the training ratios are taken against")
+    bench.add_argument("--json", default=None, help="also write the results to this JSON file")
+    bench.set_defaults(func=cmd_bench)
 
     export = sub.add_parser("export-bundle", help="write a self-contained MONAI bundle from a training run")
     export.add_argument("run_dir", help="the training run's output_dir")

@@ -1,0 +1,136 @@
+"""Training-step and inference timing of tuned SAM models, with ratios against a baseline measured in the same run.
+
+Each configuration (backbone, tuner, input size, dtype, batch size, mode) runs in its own subprocess so that its
+peak memory (RSS on CPU, ``max_memory_allocated`` on GPU) is its own. A training step is forward + loss + backward +
+optimiser step on random images and box prompts; inference is a no-grad forward. Random weights: timing does not
+depend on them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+BASELINE_TUNER = "lora"
+
+
+@dataclass(frozen=True)
+class BenchCase:
+    backbone: str
+    tuner: str
+    size: int
+    dtype: str = "bfloat16"
+    batch: int = 1
+    mode: str = "train"  # "train", "infer" or "infer_merged"
+    device: str = "cpu"
+    warmup: int = 1
+    repeats: int = 3
+
+
+def _measure(case: BenchCase) -> dict[str, Any]:
+    import torch
+
+    from medsam_peft.engines import AutocastInferer
+    from medsam_peft.tuners import build_tuned_sam
+
+    torch.manual_seed(0)
+    device = torch.device(case.device)
+    tuner = "decoder_only" if case.tuner == "base" else case.tuner
+    model = build_tuned_sam(case.backbone, None, tuner, image_size=case.size, device=device)
+    if case.tuner == "base":  # SAM itself: nothing trainable, no adapter
+        for p in model.parameters():
+            p.requires_grad_(False)
+    if case.mode == "infer_merged":
+        model.merge_adapter()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4) if trainable and case.mode == "train" else None
+    inferer = AutocastInferer(case.dtype)
+    images = torch.rand(case.batch, 3, case.size, case.size, device=device)
+    boxes = torch.tensor([[0.1, 0.1, 0.6, 0.7]], device=device).repeat(case.batch, 1) * case.size
+    target = (torch.rand(case.batch, 1, case.size, case.size, device=device) > 0.5).float()
+
+    def step() -> None:
+        if case.mode == "train":
+            model.train()
+            logits = inferer(images, model, boxes=boxes)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target) + model.aux_loss()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            model.eval()
+            with torch.no_grad():
+                inferer(images, model, boxes=boxes)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(case.warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(case.repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**30
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB on Linux
+    return {**asdict(case), "median_s": median, "images_per_s": case.batch / median, "peak_gib": peak,
+            "trainable": sum(p.numel() for p in trainable), "times_s": times}
+
+
+def run_case(case: BenchCase) -> dict[str, Any]:
+    """Measure one case in a fresh interpreter (own peak memory, no allocator state carried over)."""
+    code = ("import json, sys; from medsam_peft.benchmark import BenchCase, _measure; "
+            "print('RESULT' + json.dumps(_measure(BenchCase(**json.loads(sys.argv[1])))))")
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(asdict(case))], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT")]
+    if done.returncode or not lines:
+        raise RuntimeError(f"benchmark case {case} failed:\n{done.stderr[-2000:]}")
+    return json.loads(lines[-1][len("RESULT"):])
+
+
+def add_ratios(results: list[dict[str, Any]], baseline: str = BASELINE_TUNER) -> list[dict[str, Any]]:
+    """``ratio`` = median time / the baseline tuner's at the same backbone, size, dtype, batch and mode (inference
+    modes compare with SAM itself, tuner ``base``, when it was measured); ``mem_ratio`` likewise for peak memory."""
+    def key(r: dict[str, Any], mode: str) -> tuple:
+        return (r["backbone"], r["size"], r["dtype"], r["batch"], mode, r["device"])
+
+    by_key = {}
+    for r in results:
+        by_key[key(r, r["mode"]) + (r["tuner"],)] = r
+    for r in results:
+        ref = None
+        if r["mode"] != "train":
+            ref = by_key.get(key(r, "infer") + ("base",))
+        ref = ref or by_key.get(key(r, r["mode"]) + (baseline,))
+        r["baseline"] = None if ref is None else f"{ref['tuner']}/{ref['mode']}"
+        r["ratio"] = None if ref is None else r["median_s"] / ref["median_s"]
+        r["mem_ratio"] = None if ref is None else r["peak_gib"] / ref["peak_gib"]
+    return results
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    header = ("backbone", "tuner", "mode", "size", "dtype", "batch", "median s", "img/s", "peak GiB", "trainable",
+              "× time", "× mem", "vs")
+    rows = [header]
+    for r in results:
+        rows.append((r["backbone"], r["tuner"], r["mode"], str(r["size"]), r["dtype"], str(r["batch"]),
+                     f"{r['median_s']:.3f}", f"{r['images_per_s']:.2f}", f"{r['peak_gib']:.2f}",
+                     f"{r['trainable']:,}", "—" if r["ratio"] is None else f"{r['ratio']:.2f}",
+                     "—" if r["mem_ratio"] is None else f"{r['mem_ratio']:.2f}", r["baseline"] or "—"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
