@@ -4,7 +4,6 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from medsam_peft.tuners.base import BaseTunerLayer
 
