@@ -75,6 +75,18 @@ class TunerConfig:
                     f"classes one image holds (the Conv-LoRA reference uses 10); got mask_tokens={self.mask_tokens}"
                 )
 
+    def require_positive_ints(self, *fields: str) -> None:
+        """Raise ``ValueError`` naming the first of ``fields`` that is not a positive integer."""
+        for field in fields:
+            if int(getattr(self, field)) <= 0:
+                raise ValueError(f"{field} must be a positive integer, got {getattr(self, field)}")
+
+    def require_fractions(self, *fields: str) -> None:
+        """Raise ``ValueError`` naming the first of ``fields`` outside [0, 1) (dropout rates and the like)."""
+        for field in fields:
+            if not 0.0 <= float(getattr(self, field)) < 1.0:
+                raise ValueError(f"{field} must be in [0, 1), got {getattr(self, field)}")
+
     @property
     def effective_target_modules(self) -> str | None:
         return self.target_modules if self.target_modules is not None else self.default_target_modules

@@ -31,7 +31,6 @@ class AdapterConfig(TunerConfig):
 
     def validate(self) -> None:
         super().validate()
-        if int(self.bottleneck) <= 0:
-            raise ValueError(f"bottleneck must be a positive integer, got {self.bottleneck}")
+        self.require_positive_ints("bottleneck")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")

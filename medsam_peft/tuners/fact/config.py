@@ -37,7 +37,5 @@ class FactConfig(TunerConfig):
 
     def validate(self) -> None:
         super().validate()
-        if int(self.r) <= 0:
-            raise ValueError(f"r must be a positive integer, got {self.r}")
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        self.require_positive_ints("r")
+        self.require_fractions("dropout")

@@ -44,8 +44,8 @@ class LstConfig(TunerConfig):
             raise ValueError("lst taps every encoder block and the neck; target_modules cannot be changed")
         if float(self.reduction_factor) <= 0 or int(self.side_heads) <= 0 or float(self.gate_temperature) <= 0:
             raise ValueError("reduction_factor, side_heads and gate_temperature must be positive")
-        if self.side_dim is not None and int(self.side_dim) <= 0:
-            raise ValueError(f"side_dim must be a positive integer, got {self.side_dim}")
+        if self.side_dim is not None:
+            self.require_positive_ints("side_dim")
 
     def width(self, trunk_dim: int) -> int:
         dim = int(self.side_dim) if self.side_dim is not None else round(trunk_dim / float(self.reduction_factor))

@@ -35,7 +35,5 @@ class SamAdapterConfig(TunerConfig):
         super().validate()
         if self.target_modules is not None:
             raise ValueError("sam_adapter prompts every encoder block; target_modules cannot be changed")
-        if int(self.scale_factor) <= 0:
-            raise ValueError(f"scale_factor must be a positive integer, got {self.scale_factor}")
-        if not 0.0 <= float(self.freq_nums) < 1.0:
-            raise ValueError(f"freq_nums must be in [0, 1), got {self.freq_nums}")
+        self.require_positive_ints("scale_factor")
+        self.require_fractions("freq_nums")

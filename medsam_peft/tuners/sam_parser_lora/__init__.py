@@ -39,8 +39,8 @@ class SamParserLoraConfig(SamParserConfig):
     def validate(self) -> None:
         super().validate()
         _compile(self.lora_target_modules, "lora_target_modules")
-        if int(self.r) <= 0:
-            raise ValueError(f"r must be a positive integer, got {self.r}")
+        self.require_positive_ints("r")
+        self.require_fractions("lora_dropout")
 
     @property
     def effective_target_modules(self) -> str | None:

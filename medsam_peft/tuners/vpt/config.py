@@ -32,5 +32,4 @@ class VptConfig(TunerConfig):
 
     def validate(self) -> None:
         super().validate()
-        if int(self.num_tokens) <= 0:
-            raise ValueError(f"num_tokens must be a positive integer, got {self.num_tokens}")
+        self.require_positive_ints("num_tokens")
