@@ -28,10 +28,24 @@ class BenchCase:
     size: int
     dtype: str = "bfloat16"
     batch: int = 1
-    mode: str = "train"  # "train", "infer" or "infer_merged"
+    mode: str = "train"  # "train", "infer", "infer_merged" or "epochs"
     device: str = "cpu"
     warmup: int = 1
     repeats: int = 3
+    # Fast paths, each measurable on its own (see ``build_tuned_sam``).
+    attention: str = "auto"
+    checkpointing: bool = False
+    trunk_cache: str = "off"
+    images: int = 4  # distinct images per epoch in "epochs" mode
+
+    @property
+    def label(self) -> str:
+        """Tuner name plus the fast paths switched on, e.g. ``lora+sdpa+ckpt``."""
+        tags = [self.tuner]
+        tags += [self.attention] if self.attention != "auto" else []
+        tags += ["ckpt"] if self.checkpointing else []
+        tags += [f"cache:{self.trunk_cache}"] if self.trunk_cache != "off" else []
+        return "+".join(tags)
 
 
 def _measure(case: BenchCase) -> dict[str, Any]:
@@ -43,21 +57,30 @@ def _measure(case: BenchCase) -> dict[str, Any]:
     torch.manual_seed(0)
     device = torch.device(case.device)
     tuner = "decoder_only" if case.tuner == "base" else case.tuner
-    model = build_tuned_sam(case.backbone, None, tuner, image_size=case.size, device=device)
+    model = build_tuned_sam(case.backbone, None, tuner, image_size=case.size, device=device,
+                            trunk_cache=case.trunk_cache, activation_checkpointing=case.checkpointing,
+                            attention=case.attention)
     if case.tuner == "base":  # SAM itself: nothing trainable, no adapter
         for p in model.parameters():
             p.requires_grad_(False)
     if case.mode == "infer_merged":
         model.merge_adapter()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-4) if trainable and case.mode == "train" else None
+    training = case.mode in ("train", "epochs")
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4) if trainable and training else None
     inferer = AutocastInferer(case.dtype)
-    images = torch.rand(case.batch, 3, case.size, case.size, device=device)
+    n_images = case.images if case.mode == "epochs" else 1
+    dataset = [torch.rand(case.batch, 3, case.size, case.size, device=device) for _ in range(n_images)]
     boxes = torch.tensor([[0.1, 0.1, 0.6, 0.7]], device=device).repeat(case.batch, 1) * case.size
     target = (torch.rand(case.batch, 1, case.size, case.size, device=device) > 0.5).float()
 
+    if case.mode == "epochs":
+        return _measure_epochs(case, model, inferer, optimizer, dataset, boxes, target, trainable)
+
+    images = dataset[0]
+
     def step() -> None:
-        if case.mode == "train":
+        if training:
             model.train()
             logits = inferer(images, model, boxes=boxes)
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target) + model.aux_loss()
@@ -81,12 +104,44 @@ def _measure(case: BenchCase) -> dict[str, Any]:
         step()
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**30
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB on Linux
-    return {**asdict(case), "median_s": median, "images_per_s": case.batch / median, "peak_gib": peak,
+    peak = _peak_gib(device)
+    return {**asdict(case), "label": case.label, "median_s": median, "images_per_s": case.batch / median, "peak_gib": peak,
             "trainable": sum(p.numel() for p in trainable), "times_s": times}
+
+
+def _measure_epochs(case, model, inferer, optimizer, dataset, boxes, target, trainable) -> dict[str, Any]:
+    """Epoch 1 over ``case.images`` distinct images, then ``case.repeats`` more epochs; per-image step times."""
+    import torch
+
+    model.train()
+
+    def epoch() -> float:
+        start = time.perf_counter()
+        for images in dataset:
+            logits = inferer(images, model, boxes=boxes)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target) + model.aux_loss()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if images.device.type == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) / len(dataset)
+
+    first = epoch()
+    later = [epoch() for _ in range(case.repeats)]
+    median = statistics.median(later)
+    cache = model.model.trunk_cache
+    return {**asdict(case), "label": case.label, "median_s": median, "first_epoch_s": first,
+            "images_per_s": case.batch / median, "peak_gib": _peak_gib(dataset[0].device), "times_s": later,
+            "trainable": sum(p.numel() for p in trainable), "cache": None if cache is None else cache.stats()}
+
+
+def _peak_gib(device) -> float:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB on Linux
 
 
 def run_case(case: BenchCase) -> dict[str, Any]:
@@ -103,19 +158,28 @@ def run_case(case: BenchCase) -> dict[str, Any]:
 
 def add_ratios(results: list[dict[str, Any]], baseline: str = BASELINE_TUNER) -> list[dict[str, Any]]:
     """``ratio`` = median time / the baseline tuner's at the same backbone, size, dtype, batch and mode (inference
-    modes compare with SAM itself, tuner ``base``, when it was measured); ``mem_ratio`` likewise for peak memory."""
+    modes compare with SAM itself, tuner ``base``, when it was measured); ``mem_ratio`` likewise for peak memory.
+
+    A case with fast paths switched on (label ``lora+sdpa``…) compares with the same tuner without them, so each fast
+    path is measured on its own; an "epochs" case compares its later epochs with its own first epoch.
+    """
     def key(r: dict[str, Any], mode: str) -> tuple:
         return (r["backbone"], r["size"], r["dtype"], r["batch"], mode, r["device"])
 
     by_key = {}
     for r in results:
-        by_key[key(r, r["mode"]) + (r["tuner"],)] = r
+        by_key[key(r, r["mode"]) + (r.get("label", r["tuner"]),)] = r
     for r in results:
+        if r["mode"] == "epochs":
+            r["baseline"], r["ratio"], r["mem_ratio"] = "epoch 1", r["median_s"] / r["first_epoch_s"], None
+            continue
         ref = None
-        if r["mode"] != "train":
+        if r.get("label", r["tuner"]) != r["tuner"]:
+            ref = by_key.get(key(r, r["mode"]) + (r["tuner"],))
+        elif r["mode"] != "train":
             ref = by_key.get(key(r, "infer") + ("base",))
         ref = ref or by_key.get(key(r, r["mode"]) + (baseline,))
-        r["baseline"] = None if ref is None else f"{ref['tuner']}/{ref['mode']}"
+        r["baseline"] = None if ref is None else f"{ref.get('label', ref['tuner'])}/{ref['mode']}"
         r["ratio"] = None if ref is None else r["median_s"] / ref["median_s"]
         r["mem_ratio"] = None if ref is None else r["peak_gib"] / ref["peak_gib"]
     return results
@@ -126,7 +190,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
               "× time", "× mem", "vs")
     rows = [header]
     for r in results:
-        rows.append((r["backbone"], r["tuner"], r["mode"], str(r["size"]), r["dtype"], str(r["batch"]),
+        rows.append((r["backbone"], r.get("label", r["tuner"]), r["mode"], str(r["size"]), r["dtype"], str(r["batch"]),
                      f"{r['median_s']:.3f}", f"{r['images_per_s']:.2f}", f"{r['peak_gib']:.2f}",
                      f"{r['trainable']:,}", "—" if r["ratio"] is None else f"{r['ratio']:.2f}",
                      "—" if r["mem_ratio"] is None else f"{r['mem_ratio']:.2f}", r["baseline"] or "—"))

@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from medsam_peft.models.embedding_cache import TrunkEmbeddingCache, vit_neck, vit_trunk
+
 # SAM's pixel statistics are given on the 0-255 scale; our inputs are in [0, 1].
 _IMAGENET_MEAN = (123.675 / 255.0, 116.28 / 255.0, 103.53 / 255.0)
 _IMAGENET_STD = (58.395 / 255.0, 57.12 / 255.0, 57.375 / 255.0)
@@ -53,6 +55,9 @@ class PromptableSam(nn.Module):
         self.backbone = backbone
         self.register_buffer("pixel_mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        # Set by ``TunedSam.enable_trunk_cache`` for tuners that leave the encoder trunk frozen.
+        self.trunk_cache: TrunkEmbeddingCache | None = None
+        self.trunk_cache_split: str | None = None
 
     @property
     def image_size(self) -> int:
@@ -82,7 +87,13 @@ class PromptableSam(nn.Module):
                 f"images must be {self.image_size}x{self.image_size} for this model, got "
                 f"{tuple(image.shape[-2:])}; resize/pad them first (medsam_peft.transforms.ResizeLongestSide)"
             )
-        return self.image_encoder(self.normalize(image))
+        image = self.normalize(image)
+        if self.trunk_cache is None:
+            return self.image_encoder(image)
+        encoder = self.image_encoder
+        if self.trunk_cache_split == "neck":  # frozen ViT trunk cached, the (trained) neck runs every time
+            return vit_neck(encoder, self.trunk_cache.lookup_or_compute(image, lambda x: vit_trunk(encoder, x)))
+        return self.trunk_cache.lookup_or_compute(image, encoder)
 
     def _prompt_embeddings(
         self,

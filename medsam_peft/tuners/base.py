@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 from segment_anything.modeling.image_encoder import ImageEncoderViT
 
+from medsam_peft.models.embedding_cache import TrunkEmbeddingCache, cacheable_split
 from medsam_peft.models.promptable_sam import PromptableSam
 
 
@@ -255,6 +256,32 @@ class TunedSam(nn.Module):
         if not losses:
             return torch.zeros((), device=next(self.model.parameters()).device)
         return torch.stack(losses).sum()
+
+    # ---- fast paths ------------------------------------------------------------------------------------------
+    def trunk_cache_split(self) -> str | None:
+        """Where this tuner's frozen encoder part ends ("encoder", "neck") or None if the trunk itself trains."""
+        adapted = {
+            name[len("image_encoder."):]
+            for name, _ in self.tuner_layers()
+            if name.startswith("image_encoder.")
+        }
+        return cacheable_split(self.model.image_encoder, adapted)
+
+    def enable_trunk_cache(self, cache: TrunkEmbeddingCache | None = None) -> TrunkEmbeddingCache:
+        """Compute the frozen encoder trunk once per distinct input image (see ``TrunkEmbeddingCache``)."""
+        split = self.trunk_cache_split()
+        if split is None:
+            raise ValueError(
+                f"tuner {self.config.tuner_type!r} trains the image encoder's trunk, so its output changes every step "
+                f"and cannot be cached; use trunk_cache='off' (caching suits decoder_only and sam_parser on the neck)"
+            )
+        cache = cache or TrunkEmbeddingCache()
+        cache.bind(self.model.image_encoder, split)
+        self.model.trunk_cache, self.model.trunk_cache_split = cache, split
+        return cache
+
+    def disable_trunk_cache(self) -> None:
+        self.model.trunk_cache = self.model.trunk_cache_split = None
 
     # ---- merging ---------------------------------------------------------------------------------------------
     def merge_adapter(self) -> None:

@@ -7,7 +7,12 @@ from typing import Any
 
 import torch
 
+from segment_anything.modeling import ImageEncoderViT
+
+from medsam_peft.models.activation_checkpointing import set_activation_checkpointing
+from medsam_peft.models.attention import ATTENTION_BACKENDS, set_attention_backend
 from medsam_peft.models.build import build_sam
+from medsam_peft.models.embedding_cache import TrunkEmbeddingCache
 from medsam_peft.models.promptable_sam import PromptableSam
 from medsam_peft.tuners.adapter_io import load_adapter, read_adapter
 from medsam_peft.tuners.base import TunedSam, TunerConfig
@@ -29,16 +34,39 @@ def build_tuned_sam(
     adapter: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     tuner_options: dict[str, Any] | None = None,
+    *,
+    trunk_cache: str | os.PathLike = "off",
+    trunk_cache_gib: float = 2.0,
+    activation_checkpointing: bool = False,
+    attention: str = "auto",
 ) -> TunedSam:
     """Build ``backbone`` (from ``checkpoint``), apply ``tuner`` and optionally load an adapter file.
 
     This is the ``network_def`` target of every training bundle: the returned model is already tuned, so a
     bundle's checkpoint only needs the trainable tensors.
+
+    Fast paths (README "Performance"):
+        trunk_cache: "off"; "auto" (in-memory cache when the tuner leaves the encoder trunk frozen, else off);
+            "memory" (the same, refusing tuners that train the trunk); or a directory, to keep entries on disk too.
+        trunk_cache_gib: in-memory budget of the cache.
+        activation_checkpointing: recompute encoder blocks in backward instead of storing their activations.
+        attention: "eager" (the official attention), "sdpa" (``scaled_dot_product_attention``, same function) or
+            "auto" (SDPA for inference, the official attention when gradients are recorded: see models/attention.py).
     """
     model = build_sam(backbone, checkpoint, image_size=image_size, device=device)
     tuned = get_tuned_model(model, tuner, **(tuner_options or {}))
     if adapter is not None:
         load_adapter(tuned, adapter)
+    if attention not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {attention!r}")
+    if attention != "eager" and isinstance(model.image_encoder, ImageEncoderViT):
+        set_attention_backend(model.image_encoder, attention)
+    if activation_checkpointing:
+        set_activation_checkpointing(model.image_encoder, True)
+    mode = str(trunk_cache)
+    if mode not in ("off", "auto") or (mode == "auto" and tuned.trunk_cache_split() is not None):
+        directory = None if mode in ("auto", "memory") else os.fspath(trunk_cache)
+        tuned.enable_trunk_cache(TrunkEmbeddingCache(directory, max_memory_gib=trunk_cache_gib))
     return tuned
 
 

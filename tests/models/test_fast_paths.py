@@ -1,0 +1,207 @@
+"""Correctness of each fast path: SDPA attention, activation checkpointing, the frozen-trunk embedding cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medsam_peft.models import TrunkEmbeddingCache, build_sam, set_activation_checkpointing, set_attention_backend
+from medsam_peft.tuners import build_tuned_sam, get_tuned_model
+
+BOXES = torch.tensor([[8.0, 10.0, 90.0, 100.0], [30.0, 20.0, 120.0, 70.0]])
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _train_step_grads(model, images, seed: int = 3) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model.train()
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)  # Conv-LoRA's gate draws noise in training
+    logits = model(images, boxes=BOXES)
+    (logits.sigmoid().mean() + model.aux_loss()).backward()
+    return logits.detach(), _grads(model)
+
+
+# ---- SDPA ------------------------------------------------------------------------------------------------------
+def test_sdpa_attention_equals_the_official_attention_in_values_and_gradients() -> None:
+    # vit_tiny has a windowed block (0) and a global one (1), both with relative-position bias.
+    model = build_tuned_sam("vit_tiny", tuner="lora", tuner_options={"init_weights": False})
+    images = torch.rand(2, 3, 128, 128)
+    eager_out, eager_grads = _train_step_grads(model, images)
+    assert set_attention_backend(model.model.image_encoder, "sdpa") == 2
+    sdpa_out, sdpa_grads = _train_step_grads(model, images)
+    torch.testing.assert_close(sdpa_out, eager_out, atol=2e-5, rtol=1e-4)
+    assert eager_grads.keys() == sdpa_grads.keys() and any("lora_A" in n for n in eager_grads)
+    for name in eager_grads:
+        torch.testing.assert_close(sdpa_grads[name], eager_grads[name], atol=1e-5, rtol=1e-3, msg=name)
+    assert set_attention_backend(model.model.image_encoder, "eager") == 2
+    assert torch.equal(_train_step_grads(model, images)[0], eager_out)  # back on the official code path
+
+
+def test_auto_attention_uses_sdpa_without_autograd_and_the_official_path_with_it(monkeypatch) -> None:
+    import medsam_peft.models.attention as attention
+
+    model = build_tuned_sam("vit_tiny", tuner="lora")  # attention="auto" is the default
+    calls = []
+    real = attention._sdpa_forward
+    monkeypatch.setattr(attention, "_sdpa_forward", lambda module, x: calls.append(1) or real(module, x))
+    image = torch.rand(1, 3, 128, 128)
+    _train_step_grads(model, image)
+    assert calls == []
+    model.eval()
+    with torch.no_grad():
+        auto = model(image, boxes=BOXES[:1])
+    assert len(calls) == 2  # both blocks
+    set_attention_backend(model.model.image_encoder, "eager")
+    with torch.no_grad():
+        torch.testing.assert_close(model(image, boxes=BOXES[:1]), auto, atol=2e-5, rtol=1e-4)
+
+
+def test_attention_backend_rejects_unknown_names() -> None:
+    with pytest.raises(ValueError, match="attention must be one of .*'auto'"):
+        build_tuned_sam("vit_tiny", tuner="lora", attention="flash")
+
+
+# ---- activation checkpointing ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("backbone", ["vit_tiny", "lite_medsam"])
+def test_activation_checkpointing_gives_the_same_gradients(backbone: str) -> None:
+    # Conv-LoRA: noisy top-1 routing must be replayed identically when the blocks are recomputed in backward.
+    size = 128 if backbone == "vit_tiny" else 256
+    model = build_tuned_sam(backbone, tuner="conv_lora", image_size=size, tuner_options={"init_weights": False})
+    images = torch.rand(2, 3, size, size)
+    plain_out, plain_grads = _train_step_grads(model, images)
+    blocks = set_activation_checkpointing(model.model.image_encoder, True)
+    assert blocks == (2 if backbone == "vit_tiny" else 4)
+    ckpt_out, ckpt_grads = _train_step_grads(model, images)
+    torch.testing.assert_close(ckpt_out, plain_out, atol=0, rtol=0)
+    assert plain_grads.keys() == ckpt_grads.keys() and any("conv_lora" in n for n in plain_grads)
+    for name in plain_grads:
+        torch.testing.assert_close(ckpt_grads[name], plain_grads[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_activation_checkpointing_recomputes_blocks_in_backward_only_when_training() -> None:
+    model = build_tuned_sam("vit_tiny", tuner="lora", activation_checkpointing=True)
+    calls = []
+    model.model.image_encoder.blocks[0].attn.register_forward_hook(lambda *_: calls.append(1))
+    _train_step_grads(model, torch.rand(1, 3, 128, 128))
+    assert len(calls) == 2  # forward + recomputation during backward
+    calls.clear()
+    model.eval()
+    with torch.no_grad():
+        model(torch.rand(1, 3, 128, 128), boxes=BOXES[:1])
+    assert len(calls) == 1
+
+
+# ---- frozen-trunk cache ----------------------------------------------------------------------------------------
+def test_trunk_cache_hit_returns_identical_embeddings_and_training_is_unchanged() -> None:
+    torch.manual_seed(0)
+    reference = build_tuned_sam("vit_tiny", tuner="decoder_only", attention="eager")
+    cached = build_tuned_sam("vit_tiny", tuner="decoder_only", attention="eager")
+    cached.load_state_dict(reference.state_dict())
+    cache = cached.enable_trunk_cache()
+    assert cached.trunk_cache_split() == "encoder"
+    images = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        expected = reference.model.encode_image(images)
+        first = cached.model.encode_image(images)
+        second = cached.model.encode_image(images)
+    assert torch.equal(first, expected) and torch.equal(second, expected)
+    assert (cache.misses, cache.hits) == (2, 2)
+    # A batch mixing a new and a cached image keeps the order (the new one is computed alone: batch size changes
+    # the floating-point summation order, hence allclose there).
+    mixed = torch.stack([torch.rand(3, 128, 128), images[1]])
+    with torch.no_grad():
+        out = cached.model.encode_image(mixed)
+        torch.testing.assert_close(out[0], reference.model.encode_image(mixed)[0], atol=1e-5, rtol=1e-5)
+    assert torch.equal(out[1], expected[1])
+    assert (cache.misses, cache.hits) == (3, 3)
+    # Training through the cache: same logits and decoder gradients as without it.
+    ref_out, ref_grads = _train_step_grads(reference, images)
+    out, grads = _train_step_grads(cached, images)
+    assert torch.equal(out, ref_out) and grads.keys() == ref_grads.keys()
+    assert all(torch.equal(grads[n], ref_grads[n]) for n in grads)
+
+
+def test_trunk_cache_keys_on_image_content_and_autocast() -> None:
+    model = build_tuned_sam("vit_tiny", tuner="decoder_only", attention="eager", trunk_cache="auto")
+    cache = model.model.trunk_cache
+    image = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        model.model.encode_image(image)
+        model.model.encode_image(image.flip(-1))  # augmented: a different input, a miss
+        with torch.autocast("cpu", torch.bfloat16):
+            model.model.encode_image(image)  # same image under autocast: a miss, not the fp32 entry
+        model.model.encode_image(image)
+    assert (cache.misses, cache.hits) == (3, 1)
+
+
+def test_sam_parser_caches_the_vit_trunk_and_still_trains_the_neck() -> None:
+    torch.manual_seed(0)
+    reference = build_tuned_sam("vit_tiny", tuner="sam_parser", attention="eager")
+    torch.manual_seed(0)  # same weights and the same SVD bases
+    cached = build_tuned_sam("vit_tiny", tuner="sam_parser", attention="eager", trunk_cache="auto")
+    assert cached.trunk_cache_split() == "neck"
+    images = torch.rand(2, 3, 128, 128)
+    _train_step_grads(cached, images)  # fills the cache
+    ref_out, ref_grads = _train_step_grads(reference, images)
+    out, grads = _train_step_grads(cached, images)  # neck runs on cached trunk tokens
+    assert cached.model.trunk_cache.hits == 2
+    # Cached tokens are a contiguous copy of the permuted view the official forward passes on: the neck's
+    # convolutions may sum in another order (1e-7 differences), hence a float32 tolerance rather than equality.
+    torch.testing.assert_close(out, ref_out, atol=1e-6, rtol=1e-5)
+    neck = [n for n in ref_grads if "neck" in n]
+    assert neck and grads.keys() == ref_grads.keys()
+    for name in ref_grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_trunk_cache_refuses_tuners_that_train_the_trunk_and_auto_leaves_them_alone() -> None:
+    with pytest.raises(ValueError, match="trains the image encoder's trunk.*trunk_cache='off'"):
+        build_tuned_sam("vit_tiny", tuner="conv_lora", trunk_cache="memory")
+    assert build_tuned_sam("vit_tiny", tuner="lora", trunk_cache="auto").model.trunk_cache is None
+
+
+def test_disk_cache_survives_a_new_model_and_is_scoped_to_the_trunk_weights(tmp_path) -> None:
+    torch.manual_seed(0)
+    first = build_tuned_sam("vit_tiny", tuner="decoder_only", attention="eager", trunk_cache=tmp_path)
+    images = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        expected = first.model.encode_image(images)
+    files = sorted(tmp_path.rglob("*.pt"))
+    assert len(files) == 2
+
+    second = build_tuned_sam("vit_tiny", tuner="decoder_only", attention="eager", trunk_cache=tmp_path)
+    second.load_state_dict(first.state_dict())
+    second.enable_trunk_cache(TrunkEmbeddingCache(tmp_path))  # re-bind: the fingerprint covers the loaded weights
+    with torch.no_grad():
+        assert torch.equal(second.model.encode_image(images), expected)
+    assert second.model.trunk_cache.hits == 2
+
+    files[0].write_bytes(b"truncated")  # a corrupt entry is recomputed, not returned
+    third = build_tuned_sam("vit_tiny", tuner="decoder_only", attention="eager")
+    third.load_state_dict(first.state_dict())
+    cache = third.enable_trunk_cache(TrunkEmbeddingCache(tmp_path))
+    with torch.no_grad():  # the recomputed image runs alone (batch 1): float32 summation order, hence allclose
+        torch.testing.assert_close(third.model.encode_image(images), expected, atol=1e-5, rtol=1e-5)
+    assert (cache.hits, cache.misses) == (1, 1)
+    assert torch.load(files[0], weights_only=True).shape == expected.shape[1:]  # rewritten whole
+
+    other = build_tuned_sam("vit_tiny", tuner="decoder_only", attention="eager", trunk_cache=tmp_path)  # other weights: other scope
+    with torch.no_grad():
+        other.model.encode_image(images)
+    assert other.model.trunk_cache.hits == 0 and len(list(tmp_path.rglob("*.pt"))) == 4
+
+
+def test_memory_budget_stops_keeping_entries_instead_of_evicting() -> None:
+    model = build_tuned_sam("vit_tiny", tuner="decoder_only", attention="eager")
+    with torch.no_grad():
+        embedding = model.model.encode_image(torch.rand(1, 3, 128, 128))
+    one_entry = embedding[0].numel() * embedding.element_size() / 2**30
+    cache = model.enable_trunk_cache(TrunkEmbeddingCache(max_memory_gib=1.5 * one_entry))
+    with torch.no_grad():
+        batch = torch.rand(3, 3, 128, 128)
+        model.model.encode_image(batch)
+        model.model.encode_image(batch)
+    assert len(cache.memory) == 1 and (cache.misses, cache.hits) == (5, 1)
