@@ -1,0 +1,271 @@
+"""Prompted prediction with an exported bundle (base backbone + adapter), independent of the MONAI Label server.
+
+``BundlePredictor`` reads a folder written by ``medsam-peft export-bundle`` and answers one request: an image file
+(2-D PNG/JPG/TIFF or a volume: NIfTI, MHA/NRRD, DICOM folder), prompts in MONAI Label's convention — indices of the
+image as MONAI loads it, i.e. ``[x, y]`` (column, row) for 2-D images and voxel indices ``[i, j, k]`` for volumes —
+and returns a binary mask on the input's grid. Volumes are segmented slice by slice along the last axis, each slice
+oriented and scaled as ``medsam-peft prepare`` wrote the training slices (``slice_to_image``, ``to_uint8``).
+
+Every problem with a request raises ``LabelRequestError`` with an HTTP status (4xx) and a message saying what to fix;
+problems with the bundle raise ``BundleError`` (the server answers 409 for that model and keeps serving the others).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medsam_peft.data.volumes import image_to_slice, slice_to_image, to_uint8
+from medsam_peft.transforms.array import ResizeLongestSide, RestoreOriginalSize
+from medsam_peft.transforms.io import VOLUME_SUFFIXES, ImageReadError, LoadImage2D, LoadVolume
+
+
+class LabelRequestError(ValueError):
+    """A request the server cannot answer as sent; ``status`` is the HTTP code to reply with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class BundleError(RuntimeError):
+    """A bundle folder that cannot serve (missing files, adapter that does not fit its backbone...)."""
+
+
+@dataclass
+class Prompts:
+    """Prompts on one 2-D image in SAM's frame: (x, y) pixels of the image as the network sees it."""
+
+    box: list[float] | None
+    points: list[list[float]]
+    point_labels: list[int]
+
+
+def _number_list(value: Any, name: str, length: tuple[int, ...]) -> list[float]:
+    if not isinstance(value, (list, tuple)) or len(value) not in length or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value
+    ):
+        sizes = " or ".join(str(n) for n in length)
+        raise LabelRequestError(422, f"{name} must be a list of {sizes} numbers, got {value!r}")
+    return [float(v) for v in value]
+
+
+def parse_prompts(params: dict[str, Any], shape: tuple[int, ...]) -> tuple[list[float] | None, list[tuple], list[int]]:
+    """Validate ``roi``/``foreground``/``background`` against an image of array ``shape`` (2-D or 3-D indices).
+
+    Returns the box (array indices, 4 or 6 numbers), the points (tuples of 2 or 3 indices) and their labels.
+    """
+    ndim = len(shape)
+    known = {"roi", "foreground", "background"}
+    box = None
+    if params.get("roi") not in (None, []):
+        box = _number_list(params["roi"], "roi", (4, 6) if ndim == 3 else (4,))
+        lo, hi = box[:2], box[2:4]
+        if hi[0] <= lo[0] or hi[1] <= lo[1]:
+            raise LabelRequestError(422, f"roi {params['roi']} has zero or negative area; send [x0, y0, x1, y1] with "
+                                         "x1 > x0 and y1 > y0")
+        for axis in range(2):
+            if hi[axis] <= 0 or lo[axis] >= shape[axis] - 1:
+                raise LabelRequestError(422, f"roi {params['roi']} lies outside the image (axis {axis} has "
+                                             f"{shape[axis]} pixels, valid indices 0..{shape[axis] - 1})")
+            # A box dragged past the border is clipped to it, as a viewer would draw it.
+            box[axis], box[axis + 2] = max(lo[axis], 0.0), min(hi[axis], float(shape[axis] - 1))
+        if len(box) == 6 and not (0 <= box[4] <= box[5] < shape[2]):
+            raise LabelRequestError(422, f"roi slices {box[4:]} must satisfy 0 <= z0 <= z1 < {shape[2]}")
+    points, labels = [], []
+    for key, label in (("foreground", 1), ("background", 0)):
+        value = params.get(key) or []
+        if not isinstance(value, (list, tuple)):
+            raise LabelRequestError(422, f"{key} must be a list of points [[x, y{', z' if ndim == 3 else ''}], ...]")
+        for point in value:
+            p = _number_list(point, f"each {key} point", (ndim,))
+            if any(not 0 <= c <= shape[a] - 1 for a, c in enumerate(p)):
+                raise LabelRequestError(422, f"{key} point {point} lies outside the image of shape {tuple(shape)}")
+            points.append(tuple(p))
+            labels.append(label)
+    # Label names as point keys (DeepEdit style) are not prompts this model takes: say so instead of ignoring them.
+    extra = [k for k, v in params.items() if k not in known and isinstance(v, list) and v
+             and all(isinstance(p, list) for p in v)]
+    if extra:
+        raise LabelRequestError(422, f"unknown point label(s) {extra}: points go under 'foreground' (label 1) or "
+                                     "'background' (label 0)")
+    return box, points, labels
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise BundleError(f"{path} is missing: export the bundle with `medsam-peft export-bundle RUN_DIR OUT_DIR`") from err
+    except json.JSONDecodeError as err:
+        raise BundleError(f"{path} is not valid JSON ({err}); re-export the bundle") from err
+
+
+class BundlePredictor:
+    """A tuned SAM loaded from an exported bundle folder, built on first use (thread-safe)."""
+
+    def __init__(self, bundle_dir: str | Path, device: str | torch.device = "cpu", threshold: float = 0.5) -> None:
+        self.bundle_dir = Path(bundle_dir)
+        if not self.bundle_dir.is_dir():
+            raise BundleError(f"bundle folder {self.bundle_dir} not found")
+        self.metadata = _read_json(self.bundle_dir / "configs" / "metadata.json")
+        self.config = _read_json(self.bundle_dir / "configs" / "inference.json")
+        self.adapter_file = self.bundle_dir / "models" / "model.pt"
+        if not self.adapter_file.is_file():
+            raise BundleError(f"{self.adapter_file} is missing: the bundle has no adapter")
+        try:
+            channels = self.metadata["network_data_format"]["outputs"]["pred"]["channel_def"]
+            self.image_size = int(self.config["image_size"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise BundleError(f"{self.bundle_dir}: metadata.json/inference.json lack {err}; re-export the bundle") from err
+        self.labels = {name: int(i) for i, name in channels.items() if name != "background"}
+        self.squash = bool(self.config.get("squash", False))
+        self.prompt = str(self.config.get("prompt", "box"))
+        self.precision = str(self.config.get("precision", "float32"))
+        self.checkpoint = self.config.get("checkpoint")
+        self.device = torch.device(device)
+        self.threshold = threshold
+        self._model = None
+        self._error: BundleError | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.bundle_dir.name
+
+    @property
+    def error(self) -> BundleError | None:
+        """Why the model could not be loaded (None if it loaded or was not tried yet)."""
+        return self._error
+
+    @property
+    def prompt_free(self) -> bool:
+        """Trained without prompts (Conv-LoRA's mode): served as an automatic task."""
+        return self.prompt == "none"
+
+    def model(self):
+        """The tuned model; a load failure is remembered and raised as ``BundleError`` on every call."""
+        with self._lock:
+            if self._error is not None:
+                raise self._error
+            if self._model is None:
+                from medsam_peft.tuners import load_tuned_sam
+
+                try:
+                    self._model = load_tuned_sam(self.adapter_file, self.checkpoint, device=self.device).eval()
+                except Exception as err:  # AdapterLoadError, CheckpointError, download failures...
+                    self._error = BundleError(f"model {self.name!r} cannot be loaded from {self.bundle_dir}: {err}")
+                    raise self._error from err
+            return self._model
+
+    # ---- one 2-D image in the network's orientation --------------------------------------------------------
+    def predict_image(self, image: np.ndarray, prompts: Prompts) -> np.ndarray:
+        """``image``: (H, W) or (H, W, 3) float in [0, 1]. Returns the (H, W) uint8 mask (0/1)."""
+        model = self.model()
+        tensor = torch.as_tensor(image, dtype=torch.float32)
+        tensor = tensor[None].expand(3, -1, -1) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+        height, width = tensor.shape[1:]
+        resizer = ResizeLongestSide(self.image_size, "bilinear", self.squash)
+        new_h, new_w = resizer.scaled_size((height, width))
+        sx, sy = new_w / width, new_h / height
+        net_input = resizer(tensor)[None].to(self.device)
+        kwargs: dict[str, torch.Tensor] = {}
+        if prompts.box is not None:
+            x0, y0, x1, y1 = prompts.box
+            kwargs["boxes"] = torch.tensor([[x0 * sx, y0 * sy, x1 * sx, y1 * sy]], device=self.device)
+        if prompts.points:
+            kwargs["points"] = torch.tensor([[[x * sx, y * sy] for x, y in prompts.points]], device=self.device)
+            kwargs["point_labels"] = torch.tensor([prompts.point_labels], device=self.device)
+        from medsam_peft.engines import AutocastInferer
+
+        with torch.no_grad():
+            logits = AutocastInferer(self.precision)(net_input, model, **kwargs)
+        if isinstance(logits, dict):
+            raise BundleError(f"model {self.name!r} is a multi-class (semantic) model; this server serves binary "
+                              "masks only")
+        prob = torch.sigmoid(logits[0, :1].float().cpu())
+        restored = RestoreOriginalSize(self.image_size, "bilinear", self.squash)(prob, (height, width))[0]
+        return (restored.numpy() > self.threshold).astype(np.uint8)
+
+    # ---- a request ----------------------------------------------------------------------------------------------
+    def segment_file(self, path: str | Path, params: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any], Any]:
+        """Segment ``path`` with the prompts in ``params``.
+
+        Returns (mask on the input's array grid: (W, H) for 2-D as MONAI loads PNGs, (X, Y, Z) for volumes,
+        result details, the volume affine or None).
+        """
+        path = Path(path)
+        if not path.exists():
+            raise LabelRequestError(404, f"image {path.name!r} not found in the datastore; upload it or check its id")
+        is_volume = path.is_dir() or path.name.lower().endswith(VOLUME_SUFFIXES)
+        try:
+            loaded = LoadVolume()(path) if is_volume else LoadImage2D()(path)
+        except ImageReadError as err:
+            raise LabelRequestError(415, f"cannot read the image: {err}") from err
+        if is_volume:
+            return self._segment_volume(np.asarray(loaded[0]), params, loaded.affine)
+        rgb = np.asarray(loaded).transpose(1, 2, 0)  # (H, W, 3), 0-255 for 8-bit images
+        scale = 255.0 if rgb.max() <= 255 else float(rgb.max())
+        image = rgb / scale
+        box, points, labels = parse_prompts(params, (rgb.shape[1], rgb.shape[0]))  # MONAI's (x, y) index order
+        self._require_prompt(box, points)
+        mask = self.predict_image(image, Prompts(box, [list(p) for p in points], labels))
+        return mask.T, {"pixels": int(mask.sum()), "shape": list(mask.T.shape)}, None
+
+    def _require_prompt(self, box, points) -> None:
+        if not self.prompt_free and box is None and not points:
+            raise LabelRequestError(422, f"model {self.name!r} needs a prompt: send 'roi' [x0, y0, x1, y1] and/or "
+                                         "'foreground'/'background' points")
+
+    def _segment_volume(self, volume: np.ndarray, params: dict[str, Any], affine) -> tuple[np.ndarray, dict, Any]:
+        box, points, labels = parse_prompts(params, volume.shape)
+        self._require_prompt(box, points)
+        window = params.get("window")
+        window = None if window is None else tuple(_number_list(window, "window", (2,)))
+        try:
+            scaled = to_uint8(volume, window).astype(np.float32) / 255.0
+        except ValueError as err:
+            raise LabelRequestError(422, f"window: {err}") from err
+        depth, columns = volume.shape[2], volume.shape[1]
+        if box is not None and len(box) == 6:
+            slices = range(int(box[4]), int(box[5]) + 1)
+        elif points:
+            slices = sorted({int(round(p[2])) for p in points})
+        elif "slice" in params:
+            index = params["slice"]
+            if not isinstance(index, int) or not 0 <= index < depth:
+                raise LabelRequestError(422, f"slice must be an integer in 0..{depth - 1}, got {index!r}")
+            slices = [index]
+        elif self.prompt_free:
+            slices = range(depth)
+        else:
+            raise LabelRequestError(422, "a 2-D roi on a volume needs 'slice' (the k index) or a 6-number roi "
+                                         "[i0, j0, i1, j1, k0, k1]")
+
+        def to_image_xy(i: float, j: float) -> tuple[float, float]:
+            # slice_to_image: image column = i, image row = (J - 1) - j
+            return i, (columns - 1) - j
+
+        out = np.zeros(volume.shape, dtype=np.uint8)
+        for k in slices:
+            image_box = None
+            if box is not None:
+                (x0, y1), (x1, y0) = to_image_xy(box[0], box[1]), to_image_xy(box[2], box[3])
+                image_box = [x0, y0, x1, y1]
+            plane_points = [(p, lab) for p, lab in zip(points, labels) if int(round(p[2])) == k]
+            prompts = Prompts(image_box, [list(to_image_xy(p[0], p[1])) for p, _ in plane_points],
+                              [lab for _, lab in plane_points])
+            if prompts.box is None and not prompts.points and not self.prompt_free:
+                continue  # points on other slices only
+            mask = self.predict_image(slice_to_image(scaled[:, :, k]), prompts)
+            out[:, :, k] = image_to_slice(mask)
+        return out, {"voxels": int(out.sum()), "slices": list(slices), "shape": list(out.shape)}, affine
+
+
+__all__ = ["BundleError", "BundlePredictor", "LabelRequestError", "Prompts", "parse_prompts"]
