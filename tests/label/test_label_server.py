@@ -62,6 +62,11 @@ def server(tmp_path_factory):
     payload = torch.load(broken / "models/model.pt", weights_only=True)
     payload["state_dict"].pop(sorted(payload["state_dict"])[0])
     torch.save(payload, broken / "models/model.pt")
+    # the same adapter declared prompt-free (as a Conv-LoRA bundle trained without prompts is): the automatic task
+    automatic = app / "model" / "automatic"
+    shutil.copytree(bundle, automatic)
+    config = json.loads((automatic / "configs/inference.json").read_text())
+    (automatic / "configs/inference.json").write_text(json.dumps({**config, "prompt": "none"}))
 
     # 3. studies: a validation slice (PNG) with its right-thalamus mask, and the whole Colin27 volume
     studies = root / "studies"
@@ -75,7 +80,7 @@ def server(tmp_path_factory):
 
     port = _free_port()
     command = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies",
-               str(studies), "--conf", "models", "thalamus,mismatched", "--conf", "zoo_source", "local",
+               str(studies), "--conf", "models", "thalamus,mismatched,automatic", "--conf", "zoo_source", "local",
                "--host", "127.0.0.1", "--port", str(port)]
     log = open(root / "server.log", "w")
     server_env = {**env, "MONAI_LABEL_TASKS_TRAIN": "false", "MONAI_LABEL_TASKS_SCORING": "false",
@@ -159,6 +164,21 @@ def test_volume_roi_returns_a_nifti_on_the_volume_grid(server) -> None:
     assert dice > 0.6, dice
     # the PNG path and the volume path see the same slice the same way
     assert dice == pytest.approx(_dice(predicted[:, :, k], labels[:, :, k]), abs=0.15)
+
+
+def test_prompt_free_bundle_is_an_automatic_task(server) -> None:
+    info = requests.get(f"{server['url']}/info/", timeout=10).json()
+    assert info["models"]["automatic"]["type"] == "segmentation"
+    reply = _infer(server, model="automatic")  # no prompt at all
+    assert reply.status_code == 200, reply.text
+    assert np.asarray(Image.open(io.BytesIO(reply.content))).shape == server["mask"].shape
+    reply = _infer(server, model="automatic", image="colin27", params={"slice": server["slice"]})
+    assert reply.status_code == 200, reply.text
+    out = server["root"] / "auto.nii.gz"
+    out.write_bytes(reply.content)
+    predicted = np.asarray(nib.load(out).dataobj)
+    others = np.delete(predicted, server["slice"], axis=2)
+    assert others.sum() == 0  # only the requested slice is segmented
 
 
 @pytest.mark.parametrize(
