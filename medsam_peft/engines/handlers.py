@@ -59,6 +59,11 @@ class GradientClipHandler:
             local = (engine.state.iteration - 1) % engine.state.epoch_length
             if (local + 1) % steps and local + 1 != engine.state.epoch_length:
                 return
+        scaler = getattr(engine, "scaler", None)
+        if getattr(engine, "amp", False) and scaler is not None and scaler.is_enabled():
+            # fp16 training (trainer amp=True): gradients are loss-scaled; clip the true ones. The scaler's step
+            # then knows they are unscaled already.
+            scaler.unscale_(engine.optimizer)
         torch.nn.utils.clip_grad_norm_(self.params, self.max_norm)
 
 

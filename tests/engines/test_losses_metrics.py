@@ -107,3 +107,27 @@ def test_gradient_clipping_waits_for_the_accumulated_gradient() -> None:
         norm = torch.sqrt(sum((p.grad ** 2).sum() for p in layer.parameters()))
         clipped.append(bool(norm <= 1.0 + 1e-6))
     assert clipped == [False, True, True]
+
+
+def test_gradient_clipping_unscales_fp16_gradients_first() -> None:
+    """fp16 training (trainer amp=True) scales the loss; clipping must act on the true gradient, and the scaler's
+    step must then apply it once, unscaled."""
+    from ignite.engine import Engine
+
+    from medsam_peft.engines import GradientClipHandler
+
+    layer = torch.nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=1.0)
+    engine = Engine(lambda e, b: None)
+    engine.amp, engine.optimizer = True, optimizer
+    engine.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    engine.scaler.scale(torch.ones(()))  # as the trainer's scaler.scale(loss).backward() does first
+    engine.state.epoch_length = engine.state.iteration = 1
+    before = [p.detach().clone() for p in layer.parameters()]
+    true_grad = [torch.full_like(p, 0.1) for p in layer.parameters()]  # norm 0.1 * sqrt(5) < 1: not clipped
+    for p, g in zip(layer.parameters(), true_grad):
+        p.grad = g * 1024.0  # what backward of the scaled loss leaves
+    GradientClipHandler(layer, max_norm=1.0)(engine)
+    assert all(torch.allclose(p.grad, g) for p, g in zip(layer.parameters(), true_grad))
+    engine.scaler.step(optimizer)
+    assert all(torch.allclose(p, b - g) for p, b, g in zip(layer.parameters(), before, true_grad))
