@@ -74,25 +74,47 @@ def _measure(case: BenchCase) -> dict[str, Any]:
     boxes = torch.tensor([[0.1, 0.1, 0.6, 0.7]], device=device).repeat(case.batch, 1) * case.size
     target = (torch.rand(case.batch, 1, case.size, case.size, device=device) > 0.5).float()
 
+    def train_step(images: torch.Tensor) -> None:
+        logits = inferer(images, model, boxes=boxes)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target) + model.aux_loss()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def synchronize() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    result = {**asdict(case), "label": case.label, "trainable": sum(p.numel() for p in trainable)}
     if case.mode == "epochs":
-        return _measure_epochs(case, model, inferer, optimizer, dataset, boxes, target, trainable)
+        # Epoch 1 over ``case.images`` distinct images, then ``case.repeats`` more epochs; per-image step times.
+        model.train()
+
+        def epoch() -> float:
+            start = time.perf_counter()
+            for images in dataset:
+                train_step(images)
+            synchronize()
+            return (time.perf_counter() - start) / len(dataset)
+
+        first = epoch()
+        later = [epoch() for _ in range(case.repeats)]
+        median = statistics.median(later)
+        cache = model.model.trunk_cache
+        return {**result, "median_s": median, "first_epoch_s": first, "images_per_s": case.batch / median,
+                "peak_gib": _peak_gib(device), "times_s": later, "cache": None if cache is None else cache.stats()}
 
     images = dataset[0]
 
     def step() -> None:
         if training:
             model.train()
-            logits = inferer(images, model, boxes=boxes)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target) + model.aux_loss()
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            train_step(images)
         else:
             model.eval()
             with torch.no_grad():
                 inferer(images, model, boxes=boxes)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize()
 
     for _ in range(case.warmup):
         step()
@@ -104,36 +126,8 @@ def _measure(case: BenchCase) -> dict[str, Any]:
         step()
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
-    peak = _peak_gib(device)
-    return {**asdict(case), "label": case.label, "median_s": median, "images_per_s": case.batch / median, "peak_gib": peak,
-            "trainable": sum(p.numel() for p in trainable), "times_s": times}
-
-
-def _measure_epochs(case, model, inferer, optimizer, dataset, boxes, target, trainable) -> dict[str, Any]:
-    """Epoch 1 over ``case.images`` distinct images, then ``case.repeats`` more epochs; per-image step times."""
-    import torch
-
-    model.train()
-
-    def epoch() -> float:
-        start = time.perf_counter()
-        for images in dataset:
-            logits = inferer(images, model, boxes=boxes)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target) + model.aux_loss()
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        if images.device.type == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - start) / len(dataset)
-
-    first = epoch()
-    later = [epoch() for _ in range(case.repeats)]
-    median = statistics.median(later)
-    cache = model.model.trunk_cache
-    return {**asdict(case), "label": case.label, "median_s": median, "first_epoch_s": first,
-            "images_per_s": case.batch / median, "peak_gib": _peak_gib(dataset[0].device), "times_s": later,
-            "trainable": sum(p.numel() for p in trainable), "cache": None if cache is None else cache.stats()}
+    return {**result, "median_s": median, "images_per_s": case.batch / median, "peak_gib": _peak_gib(device),
+            "times_s": times}
 
 
 def _peak_gib(device) -> float:
