@@ -45,15 +45,13 @@ class SamBundleInferTask(InferTask):
 
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         mask, details, affine = self.predictor.segment_file(request["image"], request)
+        fd, out = tempfile.mkstemp(suffix=".png" if affine is None else ".nii.gz", prefix="medsam_label_")
+        os.close(fd)
         if affine is None:  # 2-D: MONAI's (x, y) array back to a (rows, cols) PNG
             from PIL import Image
 
-            fd, out = tempfile.mkstemp(suffix=".png", prefix="medsam_label_")
-            os.close(fd)
             Image.fromarray(mask.T * 255).save(out)
         else:
-            fd, out = tempfile.mkstemp(suffix=".nii.gz", prefix="medsam_label_")
-            os.close(fd)
             write_nifti(mask, affine, out)
         label = next(iter(self.predictor.labels), "foreground")
         return out, {"model": self.predictor.name, "label_names": {label: 1}, **details}
@@ -103,8 +101,7 @@ def answer_infer(app: Any, infer, request: dict[str, Any], datastore=None) -> di
     """Run MONAI Label's ``infer`` with the caller's mistakes answered as 4xx instead of 500."""
     model = request.get("model")
     if model not in app._infers:
-        available = sorted(name for name, task in app._infers.items())
-        raise HTTPException(status_code=404, detail=f"unknown model {model!r}; this server has {available}")
+        raise HTTPException(status_code=404, detail=f"unknown model {model!r}; this server has {sorted(app._infers)}")
     image = request.get("image")
     if isinstance(image, str) and not os.path.exists(image):
         store = datastore or app.datastore()

@@ -23,7 +23,7 @@ import torch
 
 from medsam_peft.data.volumes import image_to_slice, slice_to_image, to_uint8
 from medsam_peft.transforms.array import ResizeLongestSide, RestoreOriginalSize
-from medsam_peft.transforms.io import VOLUME_SUFFIXES, ImageReadError, LoadImage2D, LoadVolume
+from medsam_peft.transforms.io import ImageReadError, LoadImage2D, LoadVolume, is_volume_path
 
 
 class LabelRequestError(ValueError):
@@ -203,7 +203,7 @@ class BundlePredictor:
         path = Path(path)
         if not path.exists():
             raise LabelRequestError(404, f"image {path.name!r} not found in the datastore; upload it or check its id")
-        is_volume = path.is_dir() or path.name.lower().endswith(VOLUME_SUFFIXES)
+        is_volume = is_volume_path(path)
         try:
             loaded = LoadVolume()(path) if is_volume else LoadImage2D()(path)
         except ImageReadError as err:

@@ -58,7 +58,7 @@ def _fingerprint(module: nn.Module, skip_prefix: str | None = None) -> str:
         if skip_prefix and name.startswith(skip_prefix):
             continue
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy())  # the buffer, no bytes copy
     return digest.hexdigest()[:16]
 
 
@@ -92,7 +92,7 @@ class TrunkEmbeddingCache:
         autocast = torch.is_autocast_enabled(image.device.type)
         dtype = torch.get_autocast_dtype(image.device.type) if autocast else image.dtype
         digest.update(f"{tuple(image.shape)}|{image.dtype}|{dtype}|{autocast}".encode())
-        digest.update(image.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(image.detach().cpu().contiguous().view(torch.uint8).numpy())  # the buffer, no bytes copy
         return digest.hexdigest()
 
     def _path(self, key: str) -> Path:

@@ -141,7 +141,8 @@ class LoadImageMaskd(MapTransform):
         return d
 
 
-def _is_volume(path: Path) -> bool:
+def is_volume_path(path: Path) -> bool:
+    """A volume file (NIfTI, MHA/MHD, NRRD) or a folder (DICOM series) rather than a 2-D image."""
     return path.is_dir() or any(path.name.lower().endswith(s) for s in VOLUME_SUFFIXES)
 
 
@@ -191,7 +192,7 @@ class LoadVolume(Transform):
         path = Path(path)
         if not path.exists():
             raise ImageReadError(f"{path}: file not found; check the datalist entry and the dataset_dir")
-        if not _is_volume(path):
+        if not is_volume_path(path):
             raise ImageReadError(f"{path}: not a volume format ({', '.join(VOLUME_SUFFIXES)} or a DICOM folder)")
         array, affine = self._read(path)
         if array.ndim == 4 and array.shape[3] == 1:
