@@ -37,6 +37,7 @@ class BenchCase:
     checkpointing: bool = False
     trunk_cache: str = "off"
     images: int = 4  # distinct images per epoch in "epochs" mode
+    cpu_allocator: str = "reuse"  # as the training workflow's default (see utils/cpu_allocator.py)
 
     @property
     def label(self) -> str:
@@ -45,6 +46,7 @@ class BenchCase:
         tags += [self.attention] if self.attention != "auto" else []
         tags += ["ckpt"] if self.checkpointing else []
         tags += [f"cache:{self.trunk_cache}"] if self.trunk_cache != "off" else []
+        tags += [f"malloc:{self.cpu_allocator}"] if self.cpu_allocator != "reuse" else []
         return "+".join(tags)
 
 
@@ -53,9 +55,11 @@ def _measure(case: BenchCase) -> dict[str, Any]:
 
     from medsam_peft.engines import AutocastInferer
     from medsam_peft.tuners import build_tuned_sam
+    from medsam_peft.utils.cpu_allocator import configure_cpu_allocator
 
     torch.manual_seed(0)
     device = torch.device(case.device)
+    configure_cpu_allocator(case.cpu_allocator, device)
     tuner = "decoder_only" if case.tuner == "base" else case.tuner
     model = build_tuned_sam(case.backbone, None, tuner, image_size=case.size, device=device,
                             trunk_cache=case.trunk_cache, activation_checkpointing=case.checkpointing,

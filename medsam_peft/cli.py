@@ -98,9 +98,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from medsam_peft.benchmark import BenchCase, add_ratios, format_table, run_case
 
     results = []
-    for backbone, size, dtype, batch, mode, tuner, attention, checkpointing, cache in product(
+    for backbone, size, dtype, batch, mode, tuner, attention, checkpointing, cache, allocator in product(
         args.backbone, args.size, args.dtype, args.batch, args.mode, args.tuner, args.attention, args.checkpointing,
-        args.trunk_cache,
+        args.trunk_cache, args.cpu_allocator,
     ):
         if (mode in ("train", "epochs") and tuner == "base") or (
             mode == "infer_merged" and not _mergeable(backbone, tuner)
@@ -108,7 +108,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"  {backbone} {tuner} {mode}: skipped (nothing to train / not mergeable)")
             continue
         case = BenchCase(backbone, tuner, size, dtype, batch, mode, args.device, args.warmup, args.repeats,
-                         attention, checkpointing == "on", cache, args.images)
+                         attention, checkpointing == "on", cache, args.images, allocator)
         results.append(run_case(case))
         print(f"  {backbone} {case.label} {mode} {size} {dtype} b{batch}: {results[-1]['median_s']:.3f} s",
               flush=True)
@@ -158,11 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch", nargs="+", type=int, default=[1])
     bench.add_argument("--mode", nargs="+", default=["train"], choices=["train", "infer", "infer_merged", "epochs"],
                        help="'epochs': epoch 1 then --repeats epochs over --images distinct images (trunk cache)")
-    bench.add_argument("--attention", nargs="+", default=["auto"], choices=["auto", "eager", "sdpa"],
-                       help="auto (default): SDPA for inference, the official attention in training")
+    bench.add_argument("--attention", nargs="+", default=["auto"], choices=["auto", "eager", "sdpa", "chunked"],
+                       help="auto (default): SDPA for inference; in training chunked global attention, the official "
+                            "code for windowed")
     bench.add_argument("--checkpointing", nargs="+", default=["off"], choices=["off", "on"],
                        help="activation checkpointing of the encoder blocks")
     bench.add_argument("--trunk-cache", nargs="+", default=["off"], help="off, auto, memory or a directory")
+    bench.add_argument("--cpu-allocator", nargs="+", default=["reuse"], choices=["reuse", "system"],
+                       help="reuse (default, as in training): keep freed CPU memory; system: glibc's defaults")
     bench.add_argument("--images", type=int, default=4, help="distinct images per epoch in 'epochs' mode")
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--warmup", type=int, default=1)

@@ -50,8 +50,10 @@ def build_tuned_sam(
             "memory" (the same, refusing tuners that train the trunk); or a directory, to keep entries on disk too.
         trunk_cache_gib: in-memory budget of the cache.
         activation_checkpointing: recompute encoder blocks in backward instead of storing their activations.
-        attention: "eager" (the official attention), "sdpa" (``scaled_dot_product_attention``, same function) or
-            "auto" (SDPA for inference, the official attention when gradients are recorded: see models/attention.py).
+        attention: "eager" (the official attention), "sdpa" (``scaled_dot_product_attention``, same function),
+            "chunked" (query blocks, nothing (HW, HW) kept for backward) or "auto" (SDPA for inference; when gradients
+            are recorded, chunked for global attention from 512² inputs, the official code for windows: see
+            models/attention.py).
     """
     model = build_sam(backbone, checkpoint, image_size=image_size, device=device)
     tuned = get_tuned_model(model, tuner, **(tuner_options or {}))

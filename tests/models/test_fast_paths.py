@@ -1,4 +1,4 @@
-"""Correctness of each fast path: SDPA attention, activation checkpointing, the frozen-trunk embedding cache."""
+"""Correctness of each fast path: SDPA and chunked attention, activation checkpointing, the trunk embedding cache."""
 
 from __future__ import annotations
 
@@ -62,6 +62,110 @@ def test_auto_attention_uses_sdpa_without_autograd_and_the_official_path_with_it
 def test_attention_backend_rejects_unknown_names() -> None:
     with pytest.raises(ValueError, match="attention must be one of .*'auto'"):
         build_tuned_sam("vit_tiny", tuner="lora", attention="flash")
+
+
+# ---- chunked attention ------------------------------------------------------------------------------------------
+def _official_core(q, k, v, rel_pos_h, rel_pos_w, size, scale):
+    """The official attention core, written out from segment_anything's Attention.forward."""
+    from segment_anything.modeling.image_encoder import add_decomposed_rel_pos
+
+    attn = add_decomposed_rel_pos((q * scale) @ k.transpose(-2, -1), q, rel_pos_h, rel_pos_w, size, size)
+    return attn.softmax(dim=-1) @ v
+
+
+def test_chunked_attention_function_passes_gradcheck_and_equals_the_official_core() -> None:
+    from medsam_peft.models.attention import RelPosAttentionFunction, chunked_rel_pos_attention
+
+    g = torch.Generator().manual_seed(0)
+    h, w, c, bh = 3, 4, 5, 2
+    q, k, v = (torch.randn(bh, h * w, c, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    rel_h = torch.randn(bh, h * w, h, generator=g, dtype=torch.float64, requires_grad=True)
+    rel_w = torch.randn(bh, h * w, w, generator=g, dtype=torch.float64, requires_grad=True)
+    for chunk in (1, 5, 12):  # one query per block, an uneven last block, all queries at once
+        assert torch.autograd.gradcheck(RelPosAttentionFunction.apply, (q, k, v, rel_h, rel_w, 0.4, chunk))
+    rel_pos_h = torch.randn(2 * h - 1, c, generator=g, dtype=torch.float64, requires_grad=True)
+    rel_pos_w = torch.randn(2 * w - 1, c, generator=g, dtype=torch.float64, requires_grad=True)
+    inputs = (q, k, v, rel_pos_h, rel_pos_w)
+    official = _official_core(*inputs, (h, w), 0.4)
+    chunked = chunked_rel_pos_attention(*inputs, (h, w), 0.4, chunk_elements=bh * h * w * 5)
+    torch.testing.assert_close(chunked, official, atol=1e-12, rtol=1e-12)
+    grad = torch.randn(official.shape, generator=g, dtype=torch.float64)
+    expected = torch.autograd.grad(official, inputs, grad)
+    for name, got, want in zip("q k v rel_pos_h rel_pos_w".split(), torch.autograd.grad(chunked, inputs, grad),
+                               expected):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_attention_equals_the_official_attention_in_a_tuned_model(monkeypatch, dtype) -> None:
+    import medsam_peft.models.attention as attention
+
+    monkeypatch.setattr(attention, "CHUNK_ELEMENTS", 2 * 2 * 64 * 10)  # 10 queries per block: 7 blocks, last of 4
+    model = build_tuned_sam("vit_tiny", tuner="lora", tuner_options={"init_weights": False}, attention="eager")
+    for name, p in model.named_parameters():  # also check the bias's own gradient path to SAM's rel-pos tables
+        p.requires_grad_(p.requires_grad or "rel_pos" in name)
+    images = torch.rand(2, 3, 128, 128)
+    with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        eager_out, eager_grads = _train_step_grads(model, images)
+        assert set_attention_backend(model.model.image_encoder, "chunked") == 2
+        chunked_out, chunked_grads = _train_step_grads(model, images)
+    tol = {"atol": 1e-5, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    torch.testing.assert_close(chunked_out, eager_out, **tol)
+    assert eager_grads.keys() == chunked_grads.keys() and sum("rel_pos" in n for n in eager_grads) == 4
+    # Relative to each gradient's size, floored at 1e-3 of the largest: some (the decoder's key biases) are zero in
+    # exact arithmetic and only rounding noise here.
+    floor = 1e-3 * max(g.abs().max() for g in eager_grads.values())
+    for name in eager_grads:
+        scale = torch.clamp(eager_grads[name].abs().max(), min=floor)
+        torch.testing.assert_close(chunked_grads[name] / scale, eager_grads[name] / scale, **tol, msg=name)
+
+
+def _saved_for_backward(model, images) -> list[int]:
+    """Element counts of the distinct tensors autograd keeps for one training step's backward."""
+    sizes = {}
+
+    def pack(t):
+        sizes[(t.untyped_storage().data_ptr(), t.numel())] = t.numel()
+        return t
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(images, boxes=BOXES[:1]).sum().backward()
+    return list(sizes.values())
+
+
+def test_chunked_attention_keeps_no_attention_matrix_for_backward() -> None:
+    # vit_tiny's global block at 256²: 2 heads x 256 tokens x 256 tokens of probabilities in the official code.
+    model = build_tuned_sam("vit_tiny", tuner="lora", image_size=256, attention="eager")
+    images = torch.rand(1, 3, 256, 256)
+    attention_matrix = 2 * 256 * 256
+    eager = _saved_for_backward(model, images)
+    assert max(eager) >= attention_matrix
+    set_attention_backend(model.model.image_encoder, "chunked")
+    chunked = _saved_for_backward(model, images)
+    assert max(chunked) < attention_matrix
+    # What is saved: the probabilities, less the (heads, tokens, 16) bias factors and scaled q the chunks keep.
+    assert sum(eager) - sum(chunked) >= attention_matrix - 3 * (2 * 256 * 16)
+
+
+def test_auto_attention_chunks_only_large_attention_in_training(monkeypatch) -> None:
+    import medsam_peft.models.attention as attention
+
+    calls = []
+    real = attention._chunked_forward
+    monkeypatch.setattr(attention, "_chunked_forward", lambda module, x: calls.append(x.shape[1:3]) or real(module, x))
+    model = build_tuned_sam("vit_tiny", tuner="lora", image_size=256)  # "auto"; global block 16x16, windows 4x4
+    image = torch.rand(1, 3, 256, 256)
+    monkeypatch.setattr(attention, "CHUNKED_MIN_TOKENS", 256)
+    _train_step_grads(model, image)
+    assert calls == [(16, 16)]  # the global block only
+    monkeypatch.setattr(attention, "CHUNKED_MIN_TOKENS", 257)
+    _train_step_grads(model, image)
+    assert calls == [(16, 16)]  # below the threshold: the official code
+    model.eval()
+    with torch.no_grad():
+        model(image, boxes=BOXES[:1])
+    assert calls == [(16, 16)]  # inference goes to SDPA
 
 
 # ---- activation checkpointing ----------------------------------------------------------------------------------
