@@ -154,6 +154,20 @@ def run_case(case: BenchCase) -> dict[str, Any]:
     return json.loads(lines[-1][len("RESULT"):])
 
 
+def merge_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One case measured in several rounds (``run_case`` each time, cases interleaved so that no case always runs
+    first or last): the median over every timed step of every round, the highest peak memory."""
+    merged = dict(rounds[0])
+    merged["times_s"] = [t for r in rounds for t in r["times_s"]]
+    merged["median_s"] = statistics.median(merged["times_s"])
+    merged["images_per_s"] = merged["batch"] / merged["median_s"]
+    merged["peak_gib"] = max(r["peak_gib"] for r in rounds)
+    if "first_epoch_s" in merged:
+        merged["first_epoch_s"] = statistics.median(r["first_epoch_s"] for r in rounds)
+    merged["rounds"] = len(rounds)
+    return merged
+
+
 def add_ratios(results: list[dict[str, Any]], baseline: str = BASELINE_TUNER) -> list[dict[str, Any]]:
     """``ratio`` = median time / the baseline tuner's at the same backbone, size, dtype, batch and mode (inference
     modes compare with SAM itself, tuner ``base``, when it was measured); ``mem_ratio`` likewise for peak memory.

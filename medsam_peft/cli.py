@@ -95,9 +95,9 @@ def _mergeable(backbone: str, tuner: str) -> bool:
 def cmd_bench(args: argparse.Namespace) -> int:
     from itertools import product
 
-    from medsam_peft.benchmark import BenchCase, add_ratios, format_table, run_case
+    from medsam_peft.benchmark import BenchCase, add_ratios, format_table, merge_rounds, run_case
 
-    results = []
+    cases = []
     for backbone, size, dtype, batch, mode, tuner, attention, checkpointing, cache, allocator in product(
         args.backbone, args.size, args.dtype, args.batch, args.mode, args.tuner, args.attention, args.checkpointing,
         args.trunk_cache, args.cpu_allocator,
@@ -107,11 +107,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
         ):
             print(f"  {backbone} {tuner} {mode}: skipped (nothing to train / not mergeable)")
             continue
-        case = BenchCase(backbone, tuner, size, dtype, batch, mode, args.device, args.warmup, args.repeats,
-                         attention, checkpointing == "on", cache, args.images, allocator)
-        results.append(run_case(case))
-        print(f"  {backbone} {case.label} {mode} {size} {dtype} b{batch}: {results[-1]['median_s']:.3f} s",
-              flush=True)
+        cases.append(BenchCase(backbone, tuner, size, dtype, batch, mode, args.device, args.warmup, args.repeats,
+                               attention, checkpointing == "on", cache, args.images, allocator))
+    # Round-robin over the cases: on a shared or throttling machine later runs are slower, and the ratios should
+    # not depend on the order the cases were listed in.
+    measured: list[list[dict]] = [[] for _ in cases]
+    for round_index in range(args.rounds):
+        for i in range(len(cases)) if round_index % 2 == 0 else reversed(range(len(cases))):
+            case = cases[i]
+            measured[i].append(run_case(case))
+            print(f"  {case.backbone} {case.label} {case.mode} {case.size} {case.dtype} b{case.batch} "
+                  f"(round {round_index + 1}): {measured[i][-1]['median_s']:.3f} s", flush=True)
+    results = [merge_rounds(rounds) for rounds in measured]
     print(format_table(add_ratios(results, args.baseline)))
     if args.json:
         from medsam_peft.utils import write_json_atomic
@@ -159,8 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--mode", nargs="+", default=["train"], choices=["train", "infer", "infer_merged", "epochs"],
                        help="'epochs': epoch 1 then --repeats epochs over --images distinct images (trunk cache)")
     bench.add_argument("--attention", nargs="+", default=["auto"], choices=["auto", "eager", "sdpa", "chunked"],
-                       help="auto (default): SDPA for inference; in training chunked global attention, the official "
-                            "code for windowed")
+                       help="auto (default): chunked global attention; windowed through SDPA for inference, the "
+                            "official code in training")
     bench.add_argument("--checkpointing", nargs="+", default=["off"], choices=["off", "on"],
                        help="activation checkpointing of the encoder blocks")
     bench.add_argument("--trunk-cache", nargs="+", default=["off"], help="off, auto, memory or a directory")
@@ -170,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--warmup", type=int, default=1)
     bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--rounds", type=int, default=1,
+                       help="measure every case this many times, alternating the order (median over all rounds)")
     bench.add_argument("--baseline", default=BASELINE_TUNER, help="tuner the training ratios are taken against")
     bench.add_argument("--json", default=None, help="also write the results to this JSON file")
     bench.set_defaults(func=cmd_bench)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from medsam_peft.benchmark import BenchCase, add_ratios, format_table, run_case
+from medsam_peft.benchmark import BenchCase, add_ratios, format_table, merge_rounds, run_case
 from medsam_peft.tuners import build_tuned_sam
 
 
@@ -27,3 +27,11 @@ def test_ratios_are_taken_against_the_baseline_of_the_same_configuration() -> No
     assert [r["ratio"] for r in results] == [1.0, pytest.approx(1.1), None, 1.0, pytest.approx(1.02)]
     assert results[1]["mem_ratio"] == pytest.approx(1.25) and results[4]["baseline"] == "base/infer"
     assert "| conv_lora | train" in format_table(results)
+
+
+def test_rounds_merge_into_the_median_of_every_step_and_the_highest_peak() -> None:
+    rounds = [{"batch": 2, "times_s": [1.0, 5.0], "median_s": 3.0, "peak_gib": 4.0},
+              {"batch": 2, "times_s": [2.0, 2.5, 9.0], "median_s": 2.5, "peak_gib": 4.5}]
+    merged = merge_rounds(rounds)
+    assert merged["times_s"] == [1.0, 5.0, 2.0, 2.5, 9.0] and merged["median_s"] == 2.5
+    assert merged["images_per_s"] == 2 / 2.5 and merged["peak_gib"] == 4.5 and merged["rounds"] == 2

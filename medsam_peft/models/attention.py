@@ -89,6 +89,11 @@ class RelPosAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor,
                 scale: float, chunk: int) -> torch.Tensor:
+        with torch.autocast(q.device.type, enabled=False):  # compute in q's dtype whatever the caller's autocast
+            return RelPosAttentionFunction._forward(ctx, q, k, v, rel_h, rel_w, scale, chunk)
+
+    @staticmethod
+    def _forward(ctx, q, k, v, rel_h, rel_w, scale, chunk) -> torch.Tensor:
         scaled_q = q * scale
         k_t = k.transpose(1, 2)
         out = torch.empty_like(q)
@@ -102,6 +107,11 @@ class RelPosAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
+        with torch.autocast(grad_out.device.type, enabled=False):
+            return RelPosAttentionFunction._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out: torch.Tensor):
         scaled_q, k, v, rel_h, rel_w = ctx.saved_tensors
         grad_out = grad_out.to(v.dtype)
         k_t, v_t = k.transpose(1, 2), v.transpose(1, 2)
@@ -153,15 +163,16 @@ def _chunked_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _auto_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    # Measured on CPU at 1024² (ViT-B, bf16): SDPA is 0.84x the official attention's time without autograd but 1.8x
-    # with it (a bias that needs a gradient sends SDPA down its unfused path), so it serves inference only. With
-    # autograd, global attention is chunked: a Conv-LoRA training step went from 18.1 s / 6.27 GiB to 12.9 s /
-    # 4.19 GiB (no probabilities kept, no 0.8 GB temporaries allocated). Windowed attention (14 x 14) stays official:
-    # its matrices are small and recomputing them cost 0.14 s per block against 0.08 s.
-    if not torch.is_grad_enabled():
-        return _sdpa_forward(self, x)
+    # Measured on CPU at 1024², ViT-B, bf16. Training: the official global attention keeps 4 x 12 x 4096² probabilities
+    # for backward; chunked, a Conv-LoRA step went from 18.1 s / 6.27 GiB to 12.9 s / 4.19 GiB, and SDPA was 1.8x
+    # slower (a bias that needs a gradient sends it down its unfused path). Inference: chunked 6.25 s / 1.68 GiB,
+    # SDPA 7.71 s / 2.29 GiB, official 8.35 s / 2.66 GiB (glibc's allocator; all within 10% with cpu_allocator
+    # "reuse"). Windowed attention (14 x 14 tokens) is small: SDPA without autograd, official with it, where
+    # recomputing it cost 0.14 s per block against 0.08 s.
     if x.shape[1] * x.shape[2] >= CHUNKED_MIN_TOKENS:
         return _chunked_forward(self, x)
+    if not torch.is_grad_enabled():
+        return _sdpa_forward(self, x)
     return type(self).forward(self, x)
 
 
@@ -170,8 +181,8 @@ ATTENTION_BACKENDS = ("eager", "sdpa", "chunked", "auto")
 
 def set_attention_backend(encoder: nn.Module, backend: str) -> int:
     """Route every official ``Attention`` module in ``encoder`` through ``backend``: "eager" (the official code),
-    "sdpa", "chunked" (:class:`RelPosAttentionFunction`) or "auto" (SDPA when no gradient is recorded; with one,
-    chunked for attention over ``CHUNKED_MIN_TOKENS`` tokens or more, the official code below); returns how many modules
+    "sdpa", "chunked" (:class:`RelPosAttentionFunction`) or "auto" (chunked for attention over ``CHUNKED_MIN_TOKENS`` tokens
+    or more; below, SDPA when no gradient is recorded, the official code otherwise); returns how many modules
     were switched. Subclasses (VPT's prompted attention) keep their own forward. Only the bound ``forward`` changes:
     parameters, names and adapters stay as they are."""
     if backend not in ATTENTION_BACKENDS:

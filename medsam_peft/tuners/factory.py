@@ -51,8 +51,8 @@ def build_tuned_sam(
         trunk_cache_gib: in-memory budget of the cache.
         activation_checkpointing: recompute encoder blocks in backward instead of storing their activations.
         attention: "eager" (the official attention), "sdpa" (``scaled_dot_product_attention``, same function),
-            "chunked" (query blocks, nothing (HW, HW) kept for backward) or "auto" (SDPA for inference; when gradients
-            are recorded, chunked for global attention from 512² inputs, the official code for windows: see
+            "chunked" (query blocks, nothing (HW, HW) kept for backward) or "auto" (chunked for global attention from
+            512² inputs; windowed attention through SDPA for inference and the official code in training: see
             models/attention.py).
     """
     model = build_sam(backbone, checkpoint, image_size=image_size, device=device)

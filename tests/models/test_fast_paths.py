@@ -148,24 +148,31 @@ def test_chunked_attention_keeps_no_attention_matrix_for_backward() -> None:
     assert sum(eager) - sum(chunked) >= attention_matrix - 3 * (2 * 256 * 16)
 
 
-def test_auto_attention_chunks_only_large_attention_in_training(monkeypatch) -> None:
+def test_auto_attention_chunks_large_attention_in_training_and_inference(monkeypatch) -> None:
     import medsam_peft.models.attention as attention
 
     calls = []
-    real = attention._chunked_forward
-    monkeypatch.setattr(attention, "_chunked_forward", lambda module, x: calls.append(x.shape[1:3]) or real(module, x))
+    for name in ("_chunked_forward", "_sdpa_forward"):
+        real = getattr(attention, name)
+        monkeypatch.setattr(attention, name, lambda module, x, real=real, name=name: calls.append(
+            (name.split("_")[1], x.shape[1])) or real(module, x))
     model = build_tuned_sam("vit_tiny", tuner="lora", image_size=256)  # "auto"; global block 16x16, windows 4x4
     image = torch.rand(1, 3, 256, 256)
     monkeypatch.setattr(attention, "CHUNKED_MIN_TOKENS", 256)
     _train_step_grads(model, image)
-    assert calls == [(16, 16)]  # the global block only
-    monkeypatch.setattr(attention, "CHUNKED_MIN_TOKENS", 257)
-    _train_step_grads(model, image)
-    assert calls == [(16, 16)]  # below the threshold: the official code
+    assert calls == [("chunked", 16)]  # the global block; the windows take the official code in training
     model.eval()
     with torch.no_grad():
         model(image, boxes=BOXES[:1])
-    assert calls == [(16, 16)]  # inference goes to SDPA
+    assert calls[1:] == [("sdpa", 4), ("chunked", 16)]  # windows through SDPA without autograd
+    calls.clear()
+    monkeypatch.setattr(attention, "CHUNKED_MIN_TOKENS", 257)
+    _train_step_grads(model, image)
+    assert calls == []  # below the threshold: the official code
+    model.eval()
+    with torch.no_grad():
+        model(image, boxes=BOXES[:1])
+    assert calls == [("sdpa", 4), ("sdpa", 16)]
 
 
 # ---- activation checkpointing ----------------------------------------------------------------------------------
