@@ -82,7 +82,7 @@ class RelPosAttentionFunction(torch.autograd.Function):
         rows = scaled_q.shape[:2]
         scores = torch.bmm(scaled_q, k_t)
         scores.view(*rows, rel_h.shape[-1], rel_w.shape[-1]).add_(rel_h[:, :, :, None]).add_(rel_w[:, :, None, :])
-        if scores.dtype == torch.float16:  # fp16 exponentials overflow; bf16 and fp32 are safe in place
+        if scores.dtype == torch.float16:  # fp16 softmax overflows; bf16 and fp32 run it natively
             return torch.softmax(scores, -1, dtype=torch.float32).to(scores.dtype)
         return torch.softmax(scores, -1)
 
