@@ -27,22 +27,27 @@ def _attention_class() -> type[nn.Module]:
     return Attention
 
 
-def decomposed_rel_pos_bias(
+def decomposed_rel_pos_factors(
     q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, size: tuple[int, int]
-) -> torch.Tensor:
-    """The additive bias ``add_decomposed_rel_pos`` adds to the attention logits: (B*heads, H*W, H*W).
-
-    ``q`` is unscaled, (B*heads, H*W, C), as in the official function.
-    """
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two factors of ``add_decomposed_rel_pos``'s bias, as the official einsums compute them:
+    rel_h (B*heads, H*W, H) and rel_w (B*heads, H*W, W); the bias of query i and key (kh, kw) is
+    ``rel_h[:, i, kh] + rel_w[:, i, kw]``. ``q`` is unscaled, (B*heads, H*W, C), as in the official function."""
     from segment_anything.modeling.image_encoder import get_rel_pos
 
     h, w = size
-    rh = get_rel_pos(h, h, rel_pos_h)
-    rw = get_rel_pos(w, w, rel_pos_w)
     r_q = q.reshape(q.shape[0], h, w, q.shape[-1])
-    rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, rh)
-    rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, rw)
-    return (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(q.shape[0], h * w, h * w)
+    rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, get_rel_pos(h, h, rel_pos_h)).reshape(q.shape[0], h * w, h)
+    rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, get_rel_pos(w, w, rel_pos_w)).reshape(q.shape[0], h * w, w)
+    return rel_h, rel_w
+
+
+def decomposed_rel_pos_bias(
+    q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
+    """The additive bias ``add_decomposed_rel_pos`` adds to the attention logits: (B*heads, H*W, H*W)."""
+    rel_h, rel_w = decomposed_rel_pos_factors(q, rel_pos_h, rel_pos_w, size)
+    return (rel_h[:, :, :, None] + rel_w[:, :, None, :]).reshape(q.shape[0], q.shape[1], q.shape[1])
 
 
 def _heads(self: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -151,12 +156,7 @@ def chunked_rel_pos_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """The official attention core (scores, relative-position bias, softmax, values) for q, k, v of shape
     (B*heads, H*W, C), through :class:`RelPosAttentionFunction` with blocks of about ``chunk_elements`` scores
     (default ``CHUNK_ELEMENTS``)."""
-    from segment_anything.modeling.image_encoder import get_rel_pos
-
-    h, w = size
-    r_q = q.reshape(q.shape[0], h, w, q.shape[-1])
-    rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, get_rel_pos(h, h, rel_pos_h)).reshape(q.shape[0], h * w, h)
-    rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, get_rel_pos(w, w, rel_pos_w)).reshape(q.shape[0], h * w, w)
+    rel_h, rel_w = decomposed_rel_pos_factors(q, rel_pos_h, rel_pos_w, size)
     chunk_elements = CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
     chunk = max(1, min(q.shape[1], chunk_elements // (q.shape[0] * k.shape[1])))
     return RelPosAttentionFunction.apply(q, k.to(q.dtype), v.to(q.dtype), rel_h.to(q.dtype), rel_w.to(q.dtype),
@@ -214,4 +214,4 @@ def set_attention_backend(encoder: nn.Module, backend: str) -> int:
 
 
 __all__ = ["ATTENTION_BACKENDS", "CHUNKED_MIN_TOKENS", "RelPosAttentionFunction", "chunked_rel_pos_attention",
-           "decomposed_rel_pos_bias", "set_attention_backend"]
+           "decomposed_rel_pos_bias", "decomposed_rel_pos_factors", "set_attention_backend"]
