@@ -2,6 +2,11 @@
 
 __version__ = "0.1.0"
 
+from medsam_peft.utils import user_errors as _user_errors  # noqa: E402
+
+if _user_errors.in_bundle_command():  # one line, not a traceback chain, for the user's mistakes (see the module)
+    _user_errors.install()
+
 from medsam_peft.models import PromptableSam, build_sam, list_backbones  # noqa: E402
 from medsam_peft.tuners import (  # noqa: E402
     build_tuned_sam,

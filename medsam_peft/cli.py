@@ -121,7 +121,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     results = [merge_rounds(rounds) for rounds in measured]
     print(format_table(add_ratios(results, args.baseline)))
     if args.json:
-        from medsam_peft.utils import write_json_atomic
+        from medsam_peft.utils.atomic_io import write_json_atomic
 
         write_json_atomic(args.json, results)
         print(f"wrote {args.json}")

@@ -60,8 +60,7 @@ def inference_config(run: dict[str, Any], image_size: int) -> dict[str, Any]:
         "preprocessing": {"_target_": "Compose", "transforms": [
             {"_target_": "medsam_peft.transforms.LoadImageMaskd", "image_key": "image", "label_key": "label",
              "allow_missing_label": True},
-            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": 0, "a_max": 255, "b_min": 0.0,
-             "b_max": 1.0, "clip": True},
+            {"_target_": "medsam_peft.transforms.ScaleIntensityByDtyped", "keys": "image"},
             {"_target_": "medsam_peft.transforms.ResizeLongestSided", "keys": "image", "size": "@image_size",
              "squash": "@squash"},
             {"_target_": "medsam_peft.transforms.ScaleBoxd", "box_key": "box", "size_key": "image_original_size",

@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from medsam_peft.errors import MedsamPeftError, UnknownNameError
+from medsam_peft.utils.atomic_io import write_json_atomic
 from medsam_peft.utils.download import DownloadError, download_file, file_digest
-from medsam_peft.utils import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 Lists = dict[str, list[dict[str, object]]]
 
 
-class DatasetUnavailable(RuntimeError):
+class DatasetUnavailable(MedsamPeftError, RuntimeError):
     """The dataset cannot be fetched automatically (registration, share link) or is not where it was expected."""
 
 
@@ -439,7 +440,7 @@ def prepare_dataset(name: str, root: str | os.PathLike, source: str | os.PathLik
     mirror, or a local server in tests).
     """
     if name not in DATASETS:
-        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}, colin27_aal, invesalius_ct")
+        raise UnknownNameError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}, colin27_aal, invesalius_ct")
     spec = DATASETS[name]
     root = Path(root).resolve()
     raw = root / "raw"

@@ -15,7 +15,7 @@ import numpy as np
 
 from medsam_peft.data.volumes import slice_to_image, to_uint8
 from medsam_peft.transforms.volume import AXES, foreground_slices
-from medsam_peft.utils import write_json_atomic
+from medsam_peft.utils.atomic_io import write_json_atomic
 
 DEFAULT_TEMPLATES_DIR = Path("/usr/share/mricron/templates")
 # Subcortical AAL labels, whose boundaries are visible on T1 (reference offline-data note, section B1).

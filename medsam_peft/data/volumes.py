@@ -17,7 +17,7 @@ import numpy as np
 
 from medsam_peft.transforms.io import LoadVolume
 from medsam_peft.transforms.volume import AXES, foreground_slices, write_nifti
-from medsam_peft.utils import write_json_atomic
+from medsam_peft.utils.atomic_io import write_json_atomic
 
 logger = logging.getLogger(__name__)
 

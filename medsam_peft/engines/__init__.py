@@ -10,12 +10,13 @@ from medsam_peft.engines.handlers import (
     ProgressBar,
     ResumeCheckpoint,
     RngState,
+    SafeMLFlowHandler,
 )
 from medsam_peft.engines.inferer import AutocastInferer
 from medsam_peft.engines.losses import BalancedBCEWithLogitsLoss, MaskClassificationLoss, StructureLoss
 from medsam_peft.engines.metrics import BalancedErrorRate, SemanticSegmentationMetric, SodMetric, dice_score
 from medsam_peft.engines.reporting import predict_volumes, write_metrics
-from medsam_peft.engines.tracking import SafeMLFlowHandler
+from medsam_peft.engines.settings import check_settings
 from medsam_peft.engines.workflow import (
     optimizer_groups,
     require_datalist,
@@ -33,5 +34,5 @@ __all__ = [
     "AdapterState", "AutocastInferer", "AuxLossHandler", "BalancedBCEWithLogitsLoss", "BalancedErrorRate",
     "EpochSummary", "GradientClipHandler", "MetricProgressReport", "OverlayWriter", "ProgressBar",
     "ResumeCheckpoint", "RngState", "SafeMLFlowHandler", "SodMetric", "StructureLoss", "dice_score",
-    "optimizer_groups", "predict_volumes", "require_datalist", "write_metrics", "tracked_params", "write_parameter_report",
+    "check_settings", "optimizer_groups", "predict_volumes", "require_datalist", "write_metrics", "tracked_params", "write_parameter_report",
 ]

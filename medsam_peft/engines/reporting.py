@@ -12,7 +12,7 @@ import torch
 from ignite.engine import Engine
 
 from medsam_peft.engines.metrics import dice_score
-from medsam_peft.utils import write_json_atomic
+from medsam_peft.utils.atomic_io import write_json_atomic
 
 
 def write_metrics(evaluator: Engine, path: str | os.PathLike, split: str = "") -> dict[str, float]:

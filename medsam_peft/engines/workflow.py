@@ -59,12 +59,9 @@ def write_parameter_report(network: TunedSam, path: str | os.PathLike, **run_con
 
 def require_datalist(datalist_file: str | os.PathLike, dataset: str, dataset_dir: str | os.PathLike) -> None:
     """Stop a bundle run before any work, with the command that prepares the missing dataset (no traceback)."""
-    if not Path(datalist_file).is_file():
-        raise SystemExit(
-            f"No prepared {dataset} data: {datalist_file} does not exist.\n"
-            f"Prepare it with:  medsam-peft prepare {dataset} --root {dataset_dir}\n"
-            f"or point the bundle at a prepared copy:  --dataset_dir DIR"
-        )
+    from medsam_peft.data.datalist import ensure_datalist
+
+    ensure_datalist(datalist_file, dataset, dataset_dir)
 
 
 def train_key_metric(num_classes: int | None = None) -> dict[str, Any]:

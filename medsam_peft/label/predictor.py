@@ -21,12 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from medsam_peft.errors import MedsamPeftError
 from medsam_peft.data.volumes import image_to_slice, slice_to_image, to_uint8
-from medsam_peft.transforms.array import ResizeLongestSide, RestoreOriginalSize
+from medsam_peft.transforms.array import ResizeLongestSide, RestoreOriginalSize, ScaleIntensityByDtype
 from medsam_peft.transforms.io import ImageReadError, LoadImage2D, LoadVolume, is_volume_path
 
 
-class LabelRequestError(ValueError):
+class LabelRequestError(MedsamPeftError, ValueError):
     """A request the server cannot answer as sent; ``status`` is the HTTP code to reply with."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -34,7 +35,7 @@ class LabelRequestError(ValueError):
         self.status = status
 
 
-class BundleError(RuntimeError):
+class BundleError(MedsamPeftError, RuntimeError):
     """A bundle folder that cannot serve (missing files, adapter that does not fit its backbone...)."""
 
 
@@ -210,9 +211,8 @@ class BundlePredictor:
             raise LabelRequestError(415, f"cannot read the image: {err}") from err
         if is_volume:
             return self._segment_volume(np.asarray(loaded[0]), params, loaded.affine)
-        rgb = np.asarray(loaded).transpose(1, 2, 0)  # (H, W, 3), 0-255 for 8-bit images
-        scale = 255.0 if rgb.max() <= 255 else float(rgb.max())
-        image = rgb / scale
+        rgb = np.asarray(ScaleIntensityByDtype()(loaded)).transpose(1, 2, 0)  # (H, W, 3) in [0, 1]
+        image = rgb
         box, points, labels = parse_prompts(params, (rgb.shape[1], rgb.shape[0]))  # MONAI's (x, y) index order
         self._require_prompt(box, points)
         mask = self.predict_image(image, Prompts(box, [list(p) for p in points], labels))

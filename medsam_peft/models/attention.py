@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from medsam_peft.errors import ConfigError
 
 
 def _attention_class() -> type[nn.Module]:
@@ -195,7 +196,7 @@ def set_attention_backend(encoder: nn.Module, backend: str) -> int:
     were switched. Subclasses (VPT's prompted attention) keep their own forward. Only the bound ``forward`` changes:
     parameters, names and adapters stay as they are."""
     if backend not in ATTENTION_BACKENDS:
-        raise ValueError(f"attention backend must be one of {ATTENTION_BACKENDS}, got {backend!r}")
+        raise ConfigError(f"attention backend must be one of {ATTENTION_BACKENDS}, got {backend!r}")
     attention = _attention_class()
     switched = 0
     for module in encoder.modules():

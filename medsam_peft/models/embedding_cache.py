@@ -10,13 +10,17 @@ on disk (one ``.pt`` file per image, written atomically, read with ``weights_onl
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from medsam_peft.errors import OutputDirError
+from medsam_peft.utils.atomic_io import atomic_torch_save
 
+logger = logging.getLogger(__name__)
 
 def _vit_encoder_class() -> type[nn.Module]:
     from segment_anything.modeling import ImageEncoderViT
@@ -119,9 +123,11 @@ class TrunkEmbeddingCache:
         value = value.detach().to("cpu", copy=True)
         self._keep_in_memory(key, value)
         if self.directory is not None and not self._path(key).exists():
-            from medsam_peft.tuners.adapter_io import atomic_torch_save  # tuners import models: import late
-
-            atomic_torch_save(value, self._path(key))
+            try:
+                atomic_torch_save(value, self._path(key))
+            except OutputDirError as err:  # a full cache disk slows later epochs down, it must not stop training
+                logger.warning("trunk cache: %s; keeping entries in memory only from now on", err)
+                self.directory = None
 
     def _keep_in_memory(self, key: str, value: torch.Tensor) -> None:
         size = value.numel() * value.element_size()

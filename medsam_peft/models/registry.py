@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from medsam_peft.errors import UnknownNameError
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ def get_backbone_spec(name: str) -> BackboneSpec:
     try:
         return BACKBONES[name]
     except KeyError:
-        raise KeyError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}") from None
+        raise UnknownNameError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}") from None
 
 
 def list_backbones() -> list[str]:

@@ -1,5 +1,6 @@
 """MONAI-style transforms for SAM inputs: readers, resize/pad with exact inverse, box and point prompts from masks,
-3-D volumes to 2-D slices and back. Intensity scaling uses MONAI's own transforms (see README: CT windowing is
+3-D volumes to 2-D slices and back. 2-D files are scaled to [0, 1] by their pixel type's range (``ScaleIntensityByDtyped``); volumes use MONAI's own
+transforms (see README: CT windowing is
 ``ScaleIntensityRanged(a_min=-500, a_max=1000, b_min=0, b_max=1, clip=True)``, MR percentile scaling is
 ``ScaleIntensityRangePercentilesd(lower=0.5, upper=99.5, b_min=0, b_max=1, clip=True)``)."""
 
@@ -8,6 +9,7 @@ from medsam_peft.transforms.array import (
     PointsFromMask,
     ResizeLongestSide,
     RestoreOriginalSize,
+    ScaleIntensityByDtype,
     SemanticFromQueries,
 )
 from medsam_peft.transforms.dictionary import (
@@ -26,6 +28,9 @@ from medsam_peft.transforms.dictionary import (
     RestoreOriginalSizeDict,
     SaveMaskd,
     SaveMaskD,
+    ScaleIntensityByDtyped,
+    ScaleIntensityByDtypeD,
+    ScaleIntensityByDtypeDict,
     SaveMaskDict,
     ScaleBoxd,
     ScaleBoxD,
@@ -61,6 +66,7 @@ __all__ = [
     "RandBoxFromMaskD", "RandBoxFromMaskDict", "RandBoxFromMaskd", "RandPointsFromMaskD", "RandPointsFromMaskDict",
     "RandPointsFromMaskd", "ResizeLongestSide", "ResizeLongestSideD", "ResizeLongestSideDict", "ResizeLongestSided",
     "RestoreOriginalSize", "RestoreOriginalSizeD", "RestoreOriginalSizeDict", "RestoreOriginalSized",
-    "SaveMaskD", "SaveMaskDict", "SaveMaskd", "ScaleBoxD", "ScaleBoxDict", "ScaleBoxd",
+    "SaveMaskD", "SaveMaskDict", "SaveMaskd", "ScaleIntensityByDtype", "ScaleIntensityByDtypeD",
+    "ScaleIntensityByDtypeDict", "ScaleIntensityByDtyped", "ScaleBoxD", "ScaleBoxDict", "ScaleBoxd",
     "SliceVolumeD", "SliceVolumeDict", "SliceVolumed", "foreground_slices", "mask_from_array", "write_nifti",
 ]

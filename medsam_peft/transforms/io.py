@@ -18,18 +18,30 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
+from medsam_peft.errors import DataError
+
 logger = logging.getLogger(__name__)
 
 MASK_MODES = ("binary", "multiclass")
 IGNORE_LABEL = 255
+INTENSITY_MAX_KEY = "intensity_max"
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
 
 
-class ImageReadError(ValueError):
+class ImageReadError(DataError):
     """A file that cannot be used as given; the message names the file and the fix."""
 
 
-def _open_pil(path: Path) -> np.ndarray:
+class MissingKeyError(DataError, KeyError):
+    """A datalist entry lacks the image or label key (also a ``KeyError``)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+def _open_pil(path: Path) -> tuple[np.ndarray, float]:
+    """The pixels of a 2-D image file and the largest value its pixel type can hold (255 for 8-bit, 65535 for
+    16-bit): intensities are scaled by that range, so the same picture stored in 8 or 16 bits gives the same input."""
     from PIL import Image, UnidentifiedImageError
 
     if not path.is_file():
@@ -38,26 +50,36 @@ def _open_pil(path: Path) -> np.ndarray:
         with Image.open(path) as img:
             img.load()
             if img.mode == "P":  # palette PNGs (VOC masks) carry class ids as indices
-                return np.asarray(img)
+                return np.asarray(img), 255.0
+            if img.mode == "1":
+                return np.asarray(img).astype(np.uint8), 1.0
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                return np.asarray(img).astype(np.float32)
+                array = np.asarray(img).astype(np.float32)
+                # PIL opens 16-bit PNGs as "I" (32-bit): their values still fit the 16-bit range
+                return array, 65535.0 if img.mode != "I" or array.max(initial=0) <= 65535 else float(2**31 - 1)
+            if img.mode == "F":  # float TIFFs: [0, 1] data as is, anything else by its own maximum
+                array = np.asarray(img).astype(np.float32)
+                return array, max(1.0, float(np.nanmax(array, initial=0)))
             if img.mode in ("RGBA", "LA", "CMYK", "YCbCr", "PA"):
                 img = img.convert("RGB")  # alpha carries no image content for segmentation
-            return np.asarray(img)
+            return np.asarray(img), 255.0
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ImageReadError(f"{path}: unreadable or truncated image ({err}); re-export or re-download it") from err
 
 
 class LoadImage2D(Transform):
-    """Read a 2-D image as a float (3, H, W) ``MetaTensor`` on its native scale (0-255 for 8-bit, raw for 16-bit).
+    """Read a 2-D image as a float (3, H, W) ``MetaTensor`` on its native scale (0-255 for 8-bit, 0-65535 for
+    16-bit); ``meta["intensity_max"]`` holds the largest value of the file's pixel type.
 
-    Gray images are repeated to 3 channels, RGBA/LA drop alpha. Scale intensities afterwards (MONAI
-    ``ScaleIntensityRange(Percentiles)``) to the [0, 1] the models take. NaN/Inf pixels raise.
+    Gray images are repeated to 3 channels, RGBA/LA drop alpha. Scale intensities afterwards to the [0, 1] the
+    models take: ``ScaleIntensityByDtype`` (by the pixel type's range) or MONAI's
+    ``ScaleIntensityRange(Percentiles)``. NaN/Inf pixels raise.
     """
 
     def __call__(self, path: str | os.PathLike) -> MetaTensor:
         path = Path(path)
-        array = _open_pil(path).astype(np.float32)
+        array, intensity_max = _open_pil(path)
+        array = array.astype(np.float32)
         if array.ndim == 2:
             array = np.repeat(array[None], 3, axis=0)
         elif array.ndim == 3 and array.shape[2] == 3:
@@ -66,8 +88,8 @@ class LoadImage2D(Transform):
             raise ImageReadError(f"{path}: expected a gray or RGB(A) image, got array shape {array.shape}")
         if not np.isfinite(array).all():
             raise ImageReadError(f"{path}: contains NaN/Inf pixels; fix or drop the file")
-        return MetaTensor(torch.from_numpy(np.ascontiguousarray(array)), meta={"filename_or_obj": str(path),
-                                                                               "spatial_shape": array.shape[1:]})
+        return MetaTensor(torch.from_numpy(np.ascontiguousarray(array)), meta={
+            "filename_or_obj": str(path), "spatial_shape": array.shape[1:], INTENSITY_MAX_KEY: intensity_max})
 
 
 def mask_from_array(array: np.ndarray, mode: str, name: str, threshold: float | None = None) -> np.ndarray:
@@ -107,7 +129,7 @@ class LoadMask2D(Transform):
 
     def __call__(self, path: str | os.PathLike) -> MetaTensor:
         path = Path(path)
-        mask = mask_from_array(_open_pil(path), self.mode, str(path), self.threshold)
+        mask = mask_from_array(_open_pil(path)[0], self.mode, str(path), self.threshold)
         tensor = torch.from_numpy(np.ascontiguousarray(mask))[None]
         tensor = tensor.float() if self.mode == "binary" else tensor
         return MetaTensor(tensor, meta={"filename_or_obj": str(path), "spatial_shape": mask.shape})
@@ -125,8 +147,9 @@ class LoadImageMaskd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
+        entry = ", ".join(f"{k}={v!r}" for k, v in d.items() if isinstance(v, (str, int, float)))[:200]
         if self.image_key not in d:
-            raise KeyError(f"datalist entry has no {self.image_key!r} key: {d}")
+            raise MissingKeyError(f"datalist entry has no {self.image_key!r} key ({entry})")
         d[self.image_key] = self.load_image(d[self.image_key])
         if self.label_key in d:
             d[self.label_key] = self.load_mask(d[self.label_key])
@@ -137,7 +160,7 @@ class LoadImageMaskd(MapTransform):
                     f"{d[self.label_key].meta['filename_or_obj']} is {mask_hw}; they must be pixel-aligned"
                 )
         elif not self.allow_missing_keys:
-            raise KeyError(f"datalist entry has no {self.label_key!r} key: {d}")
+            raise MissingKeyError(f"datalist entry has no {self.label_key!r} key ({entry})")
         return d
 
 

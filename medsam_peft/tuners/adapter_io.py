@@ -2,20 +2,49 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from medsam_peft.errors import MedsamPeftError
 from medsam_peft.tuners.base import TunedSam
+from medsam_peft.utils.atomic_io import atomic_torch_save
 
 ADAPTER_FORMAT = "medsam_peft.adapter/1"
+CHECKSUM_KEY = "tensor_sha256"
 
 
-class AdapterLoadError(RuntimeError):
-    """An adapter file does not fit the model it is loaded into."""
+class AdapterLoadError(MedsamPeftError, RuntimeError):
+    """An adapter file is unreadable, corrupt, or does not fit the model it is loaded into."""
+
+
+def tensor_checksum(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of ``state`` in name order: a flipped bit anywhere changes it."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def adapter_payload(model: TunedSam) -> dict[str, Any]:
+    """The adapter-file layout: format marker, metadata (with the tensors' checksum) and the trainable tensors."""
+    state = adapter_state_dict(model)
+    return {"format": ADAPTER_FORMAT, "metadata": {**adapter_metadata(model), CHECKSUM_KEY: tensor_checksum(state)},
+            "state_dict": state}
+
+
+def verify_checksum(meta: dict[str, Any], state: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse tensors whose checksum differs from the one recorded at save time (files from before checksums
+    were recorded have none and are accepted)."""
+    expected = meta.get(CHECKSUM_KEY)
+    if expected is not None and tensor_checksum(state) != expected:
+        raise AdapterLoadError(f"{source} is corrupt: its tensors do not match the checksum recorded when it was "
+                               "saved (a damaged copy or a partial download); copy or export it again")
 
 
 def adapter_state_dict(model: TunedSam) -> dict[str, torch.Tensor]:
@@ -35,32 +64,17 @@ def adapter_metadata(model: TunedSam) -> dict[str, Any]:
     }
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def save_adapter(model: TunedSam, path: str | os.PathLike) -> Path:
-    """Write the adapter file (a few MB at most: no frozen SAM weights)."""
-    payload = {"format": ADAPTER_FORMAT, "metadata": adapter_metadata(model), "state_dict": adapter_state_dict(model)}
-    return atomic_torch_save(payload, path)
+    """Write the adapter file atomically (a few MB at most: no frozen SAM weights)."""
+    return atomic_torch_save(adapter_payload(model), path)
 
 
 def read_adapter(path: str | os.PathLike) -> dict[str, Any]:
     """Read an adapter file with ``weights_only=True`` and check its format marker."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"adapter file {path} does not exist")
+        raise AdapterLoadError(f"adapter file {path} does not exist; give the adapter_best.pt / adapter_final.pt of a "
+                               "training run or an exported bundle's models/model.pt")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several unrelated types for truncated/foreign files
@@ -70,6 +84,9 @@ def read_adapter(path: str | os.PathLike) -> dict[str, Any]:
             f"{path} is not a medsam_peft adapter file (format marker {payload.get('format') if isinstance(payload, dict) else None!r}, "
             f"expected {ADAPTER_FORMAT!r}); a full SAM checkpoint goes to build_sam(checkpoint=...)"
         )
+    if not isinstance(payload.get("metadata"), dict) or not isinstance(payload.get("state_dict"), dict):
+        raise AdapterLoadError(f"{path} is a damaged adapter file (no metadata or tensors); export it again")
+    verify_checksum(payload["metadata"], payload["state_dict"], f"adapter file {path}")
     return payload
 
 
@@ -85,6 +102,7 @@ def load_adapter(model: TunedSam, path: str | os.PathLike) -> None:
 
 def apply_adapter_state(model: TunedSam, meta: dict[str, Any], state: dict[str, torch.Tensor], source: str) -> None:
     """Check ``meta``/``state`` against ``model`` (tuner, backbone, options, keys, shapes) and copy the tensors in."""
+    verify_checksum(meta, state, source)
     problems = []
     if meta.get("tuner") != model.config.tuner_type:
         problems.append(f"tuner {meta.get('tuner')!r} in the file vs {model.config.tuner_type!r} in the model")

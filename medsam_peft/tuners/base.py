@@ -18,6 +18,7 @@ from segment_anything.modeling.image_encoder import ImageEncoderViT
 
 from medsam_peft.models.embedding_cache import TrunkEmbeddingCache, cacheable_split
 from medsam_peft.models.promptable_sam import PromptableSam
+from medsam_peft.errors import ConfigError
 
 
 @dataclasses.dataclass
@@ -66,12 +67,12 @@ class TunerConfig:
             for pattern in getattr(self, field):
                 _compile(pattern, field)
         if self.mask_tokens is not None and int(self.mask_tokens) < 1:
-            raise ValueError(f"mask_tokens must be >= 1 or None, got {self.mask_tokens}")
+            raise ConfigError(f"mask_tokens must be >= 1 or None, got {self.mask_tokens}")
         if self.num_classes is not None:
             if int(self.num_classes) < 2:
-                raise ValueError(f"num_classes counts the background and must be >= 2, got {self.num_classes}")
+                raise ConfigError(f"num_classes counts the background and must be >= 2, got {self.num_classes}")
             if self.mask_tokens is None or int(self.mask_tokens) < 2:
-                raise ValueError(
+                raise ConfigError(
                     f"num_classes={self.num_classes} needs mask_tokens = the number of queries, at least the most "
                     f"classes one image holds (the Conv-LoRA reference uses 10); got mask_tokens={self.mask_tokens}"
                 )
@@ -80,13 +81,13 @@ class TunerConfig:
         """Raise ``ValueError`` naming the first of ``fields`` that is not a positive integer."""
         for field in fields:
             if int(getattr(self, field)) <= 0:
-                raise ValueError(f"{field} must be a positive integer, got {getattr(self, field)}")
+                raise ConfigError(f"{field} must be a positive integer, got {getattr(self, field)}")
 
     def require_fractions(self, *fields: str) -> None:
         """Raise ``ValueError`` naming the first of ``fields`` outside [0, 1) (dropout rates and the like)."""
         for field in fields:
             if not 0.0 <= float(getattr(self, field)) < 1.0:
-                raise ValueError(f"{field} must be in [0, 1), got {getattr(self, field)}")
+                raise ConfigError(f"{field} must be in [0, 1), got {getattr(self, field)}")
 
     @property
     def effective_target_modules(self) -> str | None:
@@ -104,7 +105,7 @@ class TunerConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(options) - known)
         if unknown:
-            raise ValueError(f"unknown option(s) {unknown} for tuner {cls.tuner_type!r}; known: {sorted(known)}")
+            raise ConfigError(f"unknown option(s) {unknown} for tuner {cls.tuner_type!r}; known: {sorted(known)}")
         return cls(**options)
 
 
@@ -112,7 +113,7 @@ def _compile(pattern: str, field: str) -> re.Pattern[str]:
     try:
         return re.compile(pattern)
     except re.error as err:
-        raise ValueError(f"{field}={pattern!r} is not a valid regular expression: {err}") from None
+        raise ConfigError(f"{field}={pattern!r} is not a valid regular expression: {err}") from None
 
 
 def _within(name: str, patterns: tuple[str, ...]) -> bool:

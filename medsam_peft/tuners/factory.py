@@ -17,6 +17,7 @@ from medsam_peft.models.promptable_sam import PromptableSam
 from medsam_peft.tuners.adapter_io import load_adapter, read_adapter
 from medsam_peft.tuners.base import TunedSam, TunerConfig
 from medsam_peft.tuners.registry import get_tuner_classes, make_tuner_config
+from medsam_peft.errors import ConfigError
 
 
 def get_tuned_model(model: PromptableSam, tuner: str | dict[str, Any] | TunerConfig, **options: Any) -> TunedSam:
@@ -60,7 +61,7 @@ def build_tuned_sam(
     if adapter is not None:
         load_adapter(tuned, adapter)
     if attention not in ATTENTION_BACKENDS:
-        raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {attention!r}")
+        raise ConfigError(f"attention must be one of {ATTENTION_BACKENDS}, got {attention!r}")
     if attention != "eager" and isinstance(model.image_encoder, ImageEncoderViT):
         set_attention_backend(model.image_encoder, attention)
     if activation_checkpointing:

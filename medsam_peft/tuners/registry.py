@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from medsam_peft.tuners.base import TunedSam, TunerConfig
+from medsam_peft.errors import ConfigError, UnknownNameError
 
 TUNERS: dict[str, tuple[type[TunerConfig], type[TunedSam]]] = {}
 
@@ -32,7 +33,7 @@ def get_tuner_classes(name: str) -> tuple[type[TunerConfig], type[TunedSam]]:
     try:
         return TUNERS[name]
     except KeyError:
-        raise KeyError(f"unknown tuner {name!r}; choose one of {list_tuners()}") from None
+        raise UnknownNameError(f"unknown tuner {name!r}; choose one of {list_tuners()}") from None
 
 
 def make_tuner_config(tuner: str | dict[str, Any] | TunerConfig, **options: Any) -> TunerConfig:
@@ -44,7 +45,7 @@ def make_tuner_config(tuner: str | dict[str, Any] | TunerConfig, **options: Any)
     if isinstance(tuner, dict):
         options = {**tuner, **options}
         if "tuner" not in options:
-            raise ValueError(f"tuner options {sorted(options)} lack the 'tuner' key naming the tuner")
+            raise ConfigError(f"tuner options {sorted(options)} lack the 'tuner' key naming the tuner")
         tuner = options.pop("tuner")
     config_cls, _ = get_tuner_classes(str(tuner))
     return config_cls.from_dict(options)

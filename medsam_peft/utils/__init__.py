@@ -1,23 +1,17 @@
-"""Small shared utilities."""
+"""Small shared utilities (the layer below models/tuners/engines: it imports none of them)."""
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-from typing import Any
-
+from medsam_peft.utils.atomic_io import (
+    atomic_torch_save,
+    atomic_write_bytes,
+    remove_stale_temporaries,
+    write_json_atomic,
+)
 from medsam_peft.utils.cpu_allocator import CPU_ALLOCATORS, configure_cpu_allocator, keep_freed_cpu_memory
+from medsam_peft.utils.run_lock import lock_output_dir, release_output_dir
 
-
-def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int = 1) -> Path:
-    """Write ``obj`` as JSON through a temporary file and a rename: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=indent, default=str))
-    os.replace(tmp, path)
-    return path
-
-
-__all__ = ["CPU_ALLOCATORS", "configure_cpu_allocator", "keep_freed_cpu_memory", "write_json_atomic"]
+__all__ = [
+    "CPU_ALLOCATORS", "atomic_torch_save", "atomic_write_bytes", "configure_cpu_allocator", "keep_freed_cpu_memory",
+    "lock_output_dir", "release_output_dir", "remove_stale_temporaries", "write_json_atomic",
+]

@@ -18,6 +18,7 @@ import ctypes.util
 import logging
 
 import torch
+from medsam_peft.errors import ConfigError
 
 CPU_ALLOCATORS = ("reuse", "system")
 
@@ -53,7 +54,7 @@ def configure_cpu_allocator(mode: str, device: torch.device | str = "cpu") -> bo
     """Apply the bundle key ``cpu_allocator``: "reuse" keeps freed memory (:func:`keep_freed_cpu_memory`) when
     ``device`` is the CPU; "system" leaves the allocator as it is. Returns whether freed memory is now kept."""
     if mode not in CPU_ALLOCATORS:
-        raise ValueError(f"cpu_allocator must be one of {CPU_ALLOCATORS}, got {mode!r}: 'reuse' keeps freed CPU "
+        raise ConfigError(f"cpu_allocator must be one of {CPU_ALLOCATORS}, got {mode!r}: 'reuse' keeps freed CPU "
                          f"memory for the next step (faster), 'system' leaves glibc's allocator as it is")
     if mode == "system" or torch.device(device).type != "cpu":
         return _applied

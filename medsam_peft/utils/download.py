@@ -9,12 +9,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from medsam_peft.errors import MedsamPeftError
+
 logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 
 
-class DownloadError(RuntimeError):
+class DownloadError(MedsamPeftError, RuntimeError):
     """A download failed or produced a file that does not match its published checksum."""
 
 

@@ -1,0 +1,142 @@
+"""Reading MONAI datalists (``{"training": [...], "validation": [...]}``) with errors that name the file and entry.
+
+``monai.data.load_decathlon_datalist`` reports an invalid JSON file as a bare ``JSONDecodeError`` and a missing list
+as ``KeyError``; an empty list only surfaces later as ``num_samples=0`` inside the DataLoader, and a missing image as
+one failed sample minutes into training. ``load_datalist`` checks all of it before any model is built.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from monai.data import CacheDataset
+
+from medsam_peft.errors import DataError, MissingFileError
+
+PATH_KEYS = ("image", "label")
+_SHOWN = 3
+
+
+def read_datalist(path: str | os.PathLike) -> dict[str, Any]:
+    """The datalist file as a dict; a missing, unreadable or non-object file raises naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"datalist {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"datalist {path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); fix "
+                        "it or write it again with medsam-peft prepare") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"datalist {path} cannot be read ({err}); fix its permissions or write it again") from None
+    if not isinstance(data, dict):
+        raise DataError(f"datalist {path} must be a JSON object with 'training'/'validation' lists, got a "
+                        f"{type(data).__name__}")
+    return data
+
+
+def load_datalist(
+    path: str | os.PathLike,
+    key: str = "training",
+    base_dir: str | os.PathLike | None = None,
+    required_keys: Sequence[str] = PATH_KEYS,
+    allow_empty: bool = False,
+) -> list[dict[str, Any]]:
+    """The ``key`` list of the datalist at ``path`` with image/label paths joined to ``base_dir`` (default: the
+    file's folder), as ``monai.data.load_decathlon_datalist`` returns it, after checking that the list exists, is
+    not empty (unless ``allow_empty``), that every entry has ``required_keys`` and that every file exists.
+
+    Raises:
+        DataError: naming the datalist, the list, the entry index and what to do.
+    """
+    from monai.data import load_decathlon_datalist
+
+    path = Path(path)
+    data = read_datalist(path)
+    lists = sorted(k for k, v in data.items() if isinstance(v, list))
+    if key not in data:
+        raise DataError(f"datalist {path} has no {key!r} list (it has: {', '.join(lists) or 'none'}); add one or "
+                        "write the file again with medsam-peft prepare")
+    entries = data[key]
+    if not isinstance(entries, list):
+        raise DataError(f"datalist {path}: {key!r} must be a list of {{'image': ..., 'label': ...}} entries")
+    if not entries:
+        if allow_empty:
+            return []
+        raise DataError(f"datalist {path}: the {key!r} list is empty; a run needs at least one {key} sample "
+                        f"(a training run also validates: without {key} samples it would keep no best checkpoint)")
+    for index, entry in enumerate(entries):
+        missing = [k for k in required_keys if not isinstance(entry, dict) or k not in entry]
+        if missing:
+            shown = json.dumps(entry)[:120] if isinstance(entry, (dict, list, str)) else repr(entry)
+            raise DataError(f"datalist {path}: {key}[{index}] has no {missing[0]!r} key ({shown}); every entry needs "
+                            + " and ".join(repr(k) for k in required_keys))
+    base = Path(base_dir) if base_dir is not None else path.parent
+    resolved = load_decathlon_datalist(path, data_list_key=key, base_dir=base)
+    absent = [(i, k, item[k]) for i, item in enumerate(resolved) for k in PATH_KEYS
+              if isinstance(item.get(k), str) and not os.path.exists(item[k])]
+    if absent:
+        index, field, file = absent[0]
+        more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
+        raise DataError(f"datalist {path}: {key}[{index}][{field!r}] {file} does not exist{more}; paths are relative "
+                        f"to dataset_dir ({base}): check it, or write the datalist again with medsam-peft prepare")
+    return resolved
+
+
+def ensure_datalist(datalist_file: str | os.PathLike, dataset: str, dataset_dir: str | os.PathLike,
+                    prepare: Callable[[], Any] | None = None) -> Path:
+    """Make sure the run's datalist exists: call ``prepare`` (offline datasets such as the demo's) or stop with the
+    command that prepares ``dataset``."""
+    path = Path(datalist_file)
+    if path.is_file():
+        return path
+    if prepare is not None:
+        prepare()
+        if path.is_file():
+            return path
+    raise MissingFileError(
+        f"no prepared {dataset} data: {path} does not exist; prepare it with `medsam-peft prepare {dataset} --root "
+        f"{dataset_dir}`, or point the bundle at a prepared copy with --dataset_dir DIR")
+
+
+class CheckedCacheDataset(CacheDataset):
+    """MONAI's ``CacheDataset`` that loads every sample before reporting a failure, as one ``DataError`` listing the
+    unreadable ones.
+
+    The stock class stops its caching thread pool at the first exception while other samples are still being read;
+    the interpreter then exits with worker threads inside native code (``terminate called without an active
+    exception``, SIGABRT), and the user learns about one bad file per attempt.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._load_errors: list[tuple[int, BaseException]] = []
+        super().__init__(*args, **kwargs)
+
+    def _load_cache_item(self, idx: int):
+        try:
+            return super()._load_cache_item(idx)
+        except Exception as err:  # collected, reported together once the pool is done
+            self._load_errors.append((idx, err))
+            return None
+
+    def _fill_cache(self, indices=None) -> list:
+        self._load_errors = []
+        cache = super()._fill_cache(indices)
+        if self._load_errors:
+            from medsam_peft.utils.user_errors import user_error
+
+            errors = sorted(self._load_errors, key=lambda pair: pair[0])
+            messages = [user_error(err) for _, err in errors]
+            if any(m is None for m in messages):  # not a data problem: a bug, shown with its traceback
+                raise next(err for (_, err), m in zip(errors, messages) if m is None)
+            shown = "; ".join(m[0] for m in messages[:_SHOWN])
+            more = f"; and {len(errors) - _SHOWN} more" if len(errors) > _SHOWN else ""
+            raise DataError(f"{len(errors)} of {len(cache)} samples cannot be loaded: {shown}{more}")
+        return cache
+
+
+__all__ = ["CheckedCacheDataset", "ensure_datalist", "load_datalist", "read_datalist"]
