@@ -1,6 +1,6 @@
 """medsam_peft: parameter-efficient fine-tuning of Segment Anything inside MONAI."""
 
-__version__ = "0.1.0"
+from medsam_peft.version import __version__  # noqa: E402
 
 from medsam_peft.utils import user_errors as _user_errors  # noqa: E402
 

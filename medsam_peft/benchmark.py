@@ -26,7 +26,7 @@ class BenchCase:
     backbone: str
     tuner: str
     size: int
-    dtype: str = "bfloat16"
+    dtype: str = "auto"
     batch: int = 1
     mode: str = "train"  # "train", "infer", "infer_merged" or "epochs"
     device: str = "cpu"
@@ -89,7 +89,8 @@ def _measure(case: BenchCase) -> dict[str, Any]:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    result = {**asdict(case), "label": case.label, "trainable": sum(p.numel() for p in trainable)}
+    result = {**asdict(case), "label": case.label, "trainable": sum(p.numel() for p in trainable),
+              "dtype": str(inferer.dtype_for(device)).replace("torch.", "")}  # what "auto" ran as
     if case.mode == "epochs":
         # Epoch 1 over ``case.images`` distinct images, then ``case.repeats`` more epochs; per-image step times.
         model.train()

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from medsam_peft.benchmark import BASELINE_TUNER  # standard library only: keeps the CLI's start-up light
+from medsam_peft.errors import ConfigError, MedsamPeftError
 
 def _parse_value(text: str) -> Any:
     """Tuner option values from the command line: JSON where it parses (numbers, booleans, null), else a string."""
@@ -24,7 +25,7 @@ def _tuner_options(pairs: Sequence[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise SystemExit(f"--option expects KEY=VALUE, got {pair!r}")
+            raise ConfigError(f"--option expects KEY=VALUE, got {pair!r}")
         options[key.replace("-", "_")] = _parse_value(value)
     return options
 
@@ -161,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--tuner", nargs="+", default=["lora", "conv_lora"],
                        help="tuners to time; 'base' = SAM without adapter (inference baseline)")
     bench.add_argument("--size", nargs="+", type=int, default=[256])
-    bench.add_argument("--dtype", nargs="+", default=["bfloat16"], choices=["bfloat16", "float16", "float32"])
+    bench.add_argument("--dtype", nargs="+", default=["auto"], choices=["auto", "bfloat16", "float16", "float32"],
+                       help="autocast precision; auto: bfloat16 where the device runs it natively, else float32")
     bench.add_argument("--batch", nargs="+", type=int, default=[1])
     bench.add_argument("--mode", nargs="+", default=["train"], choices=["train", "infer", "infer_merged", "epochs"],
                        help="'epochs': epoch 1 then --repeats epochs over --images distinct images (trunk cache)")
@@ -198,7 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (KeyError, ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
+    except MedsamPeftError as err:  # the package's own one-line messages: 1 for files and data, 2 for settings
+        print(f"medsam-peft {args.command}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except (KeyError, ValueError, FileNotFoundError, FileExistsError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"medsam-peft {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -52,7 +52,7 @@ def inference_config(run: dict[str, Any], image_size: int) -> dict[str, Any]:
         "image_size": image_size,
         "squash": squash,
         "prompt": prompt,
-        "precision": run.get("precision", "bfloat16"),
+        "precision": run.get("precision", "auto"),
         "checkpoint": run.get("checkpoint") or None,
         "network_def": {"_target_": "medsam_peft.load_tuned_sam",
                         "adapter": "$os.path.join(@bundle_root, 'models', 'model.pt')", "checkpoint": "@checkpoint"},

@@ -11,11 +11,12 @@ from __future__ import annotations
 from monailabel.interfaces.app import MONAILabelApp
 
 from medsam_peft import __version__
-from medsam_peft.label.app import answer_infer, infer_tasks
+from medsam_peft.label.app import answer_infer, guard_infer_endpoint, infer_tasks
 
 
 class MedSamLabelApp(MONAILabelApp):  # MONAI Label picks the class whose direct base is MONAILabelApp
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
+        guard_infer_endpoint()  # only datastore ids and uploads are read; bad params are 422s
         super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="medsam_peft",
                          description="SAM tuned with medsam_peft: box/point prompts, 2-D images and volumes",
                          version=__version__)

@@ -8,6 +8,7 @@ one failed sample minutes into training. ``load_datalist`` checks all of it befo
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +19,10 @@ from monai.data import CacheDataset
 from medsam_peft.errors import DataError, MissingFileError
 
 PATH_KEYS = ("image", "label")
+_EMPTY_LIST_CONSEQUENCE = {
+    "training": "there is nothing to train on",
+    "validation": "a run without validation keeps no best checkpoint and cannot stop early",
+}
 _SHOWN = 3
 
 
@@ -67,8 +72,9 @@ def load_datalist(
     if not entries:
         if allow_empty:
             return []
-        raise DataError(f"datalist {path}: the {key!r} list is empty; a run needs at least one {key} sample "
-                        f"(a training run also validates: without {key} samples it would keep no best checkpoint)")
+        why = _EMPTY_LIST_CONSEQUENCE.get(key, "there is nothing to run on")
+        raise DataError(f"datalist {path}: the {key!r} list is empty ({why}); add {key} entries or write the "
+                        "datalist again with medsam-peft prepare")
     for index, entry in enumerate(entries):
         missing = [k for k in required_keys if not isinstance(entry, dict) or k not in entry]
         if missing:
@@ -84,6 +90,59 @@ def load_datalist(
         more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
         raise DataError(f"datalist {path}: {key}[{index}][{field!r}] {file} does not exist{more}; paths are relative "
                         f"to dataset_dir ({base}): check it, or write the datalist again with medsam-peft prepare")
+    return resolved
+
+
+def _box_problem(box: Any) -> str | None:
+    if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box):
+        return f"'box' must be [x0, y0, x1, y1] (4 numbers, image pixels), got {json.dumps(box)[:80]}"
+    if box[2] <= box[0] or box[3] <= box[1]:
+        return f"'box' {list(box)} has zero or negative area (x1 > x0 and y1 > y0 are needed)"
+    return None
+
+
+def load_requests(path: str | os.PathLike | None, prompt_keys: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """An inference request list (``[{"image": path[, "box": [x0, y0, x1, y1]][, "name": stem]}, ...]``, paths
+    relative to the file's folder), checked as a whole before the first prediction: every entry has an existing
+    image, the ``prompt_keys`` the model needs (``"box"`` for box-prompted models) with valid values, and a distinct
+    output name.
+
+    Raises:
+        DataError: naming the file and the first offending entry's index.
+    """
+    if path is None:
+        raise MissingFileError('inference needs --infer_datalist FILE.json: a list of {"image": path, "box": [x0, y0, '
+                               'x1, y1]}')
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"request list {path} does not exist")
+    try:
+        entries = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"request list {path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+    if not isinstance(entries, list) or not entries:
+        raise DataError(f"request list {path} must be a non-empty JSON list of {{\"image\": path, ...}} entries")
+    resolved, names = [], {}
+    for index, entry in enumerate(entries):
+        where = f"request list {path}: entry [{index}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
+            raise DataError(f"{where} needs an 'image' path, got {json.dumps(entry)[:120]}")
+        image = path.parent / entry["image"]
+        if not image.exists():
+            raise DataError(f"{where}: image {image} does not exist (paths are relative to the list's folder)")
+        for key in prompt_keys:
+            if key not in entry:
+                raise DataError(f"{where} has no {key!r}: this model is prompted with a box, give "
+                                f"\"{key}\": [x0, y0, x1, y1] in image pixels for every entry")
+        if "box" in entry and (problem := _box_problem(entry["box"])):
+            raise DataError(f"{where}: {problem}")
+        name = str(entry.get("name") or Path(entry["image"]).name.split(".")[0])
+        if name in names:
+            raise DataError(f"{where} writes the same output name {name!r} as entry [{names[name]}]; give each entry "
+                            "a distinct \"name\"")
+        names[name] = index
+        resolved.append({**entry, "image": str(image)})
     return resolved
 
 
@@ -112,8 +171,9 @@ class CheckedCacheDataset(CacheDataset):
     exception``, SIGABRT), and the user learns about one bad file per attempt.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, kind: str = "samples", **kwargs: Any) -> None:
         self._load_errors: list[tuple[int, BaseException]] = []
+        self.kind = kind
         super().__init__(*args, **kwargs)
 
     def _load_cache_item(self, idx: int):
@@ -133,10 +193,12 @@ class CheckedCacheDataset(CacheDataset):
             messages = [user_error(err) for _, err in errors]
             if any(m is None for m in messages):  # not a data problem: a bug, shown with its traceback
                 raise next(err for (_, err), m in zip(errors, messages) if m is None)
-            shown = "; ".join(m[0] for m in messages[:_SHOWN])
-            more = f"; and {len(errors) - _SHOWN} more" if len(errors) > _SHOWN else ""
-            raise DataError(f"{len(errors)} of {len(cache)} samples cannot be loaded: {shown}{more}")
+            # the first message in full; the others by what they name first (the file, for reading errors)
+            others = [m[0].split(": ", 1)[0] for m in messages[1:]]
+            listed = ", ".join(others[:_SHOWN]) + (f" and {len(others) - _SHOWN} more" if len(others) > _SHOWN else "")
+            raise DataError(f"{len(errors)} of {len(cache)} {self.kind} cannot be loaded: {messages[0][0]}"
+                            + (f" (also failing: {listed})" if others else ""))
         return cache
 
 
-__all__ = ["CheckedCacheDataset", "ensure_datalist", "load_datalist", "read_datalist"]
+__all__ = ["CheckedCacheDataset", "ensure_datalist", "load_datalist", "load_requests", "read_datalist"]

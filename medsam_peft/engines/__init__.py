@@ -3,6 +3,7 @@
 from medsam_peft.engines.handlers import (
     AdapterState,
     AuxLossHandler,
+    BestAdapterCheckpoint,
     EpochSummary,
     GradientClipHandler,
     MetricProgressReport,
@@ -19,6 +20,7 @@ from medsam_peft.engines.reporting import predict_volumes, write_metrics
 from medsam_peft.engines.settings import check_settings
 from medsam_peft.engines.workflow import (
     optimizer_groups,
+    prompt_keys,
     require_datalist,
     semantic_metrics,
     tracked_params,
@@ -31,8 +33,8 @@ __all__ = [
     "train_key_metric",
     "MaskClassificationLoss",
     "SemanticSegmentationMetric",
-    "AdapterState", "AutocastInferer", "AuxLossHandler", "BalancedBCEWithLogitsLoss", "BalancedErrorRate",
+    "AdapterState", "AutocastInferer", "AuxLossHandler", "BestAdapterCheckpoint", "BalancedBCEWithLogitsLoss", "BalancedErrorRate",
     "EpochSummary", "GradientClipHandler", "MetricProgressReport", "OverlayWriter", "ProgressBar",
     "ResumeCheckpoint", "RngState", "SafeMLFlowHandler", "SodMetric", "StructureLoss", "dice_score",
-    "check_settings", "optimizer_groups", "predict_volumes", "require_datalist", "write_metrics", "tracked_params", "write_parameter_report",
+    "check_settings", "optimizer_groups", "predict_volumes", "prompt_keys", "require_datalist", "write_metrics", "tracked_params", "write_parameter_report",
 ]

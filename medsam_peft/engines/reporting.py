@@ -13,6 +13,7 @@ from ignite.engine import Engine
 
 from medsam_peft.engines.metrics import dice_score
 from medsam_peft.utils.atomic_io import write_json_atomic
+from medsam_peft.utils.precision import resolve_precision
 
 
 def write_metrics(evaluator: Engine, path: str | os.PathLike, split: str = "") -> dict[str, float]:
@@ -38,7 +39,7 @@ def predict_volumes(
     plane: str = "axial",
     window: tuple[float, float] | None = (-500.0, 1000.0),
     min_pixels: int = 1,
-    precision: str | None = "bfloat16",
+    precision: str | None = "auto",
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """SAM-PARSER's 3-D protocol: for every slice where a structure is present, prompt the tuned model with the
@@ -79,8 +80,8 @@ def predict_volumes(
                 image = torch.from_numpy(slice_to_image(item["image"][0].numpy()).copy())[None].expand(3, -1, -1)
                 size = truth.shape
                 box = box_to_model({"box": _box(truth), "image_original_size": size})["box"][None]
-                with torch.autocast(torch.device(device).type, dtype=getattr(torch, precision),
-                                    enabled=precision is not None):
+                dtype = getattr(torch, resolve_precision(precision, device))
+                with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32):
                     logits = network(resize(image)[None].to(device), boxes=box.to(device)).float()
                 prob = restore(torch.sigmoid(logits[0, :1]).cpu(), size)
                 planes.append(image_to_slice(prob[0].numpy() > 0.5)[None])

@@ -100,7 +100,7 @@ def _trunk_cache(key: str, value: Any) -> None:
 
 
 def _precision(key: str, value: Any) -> None:
-    one_of("bfloat16", "float16", "float32", None)(key, value)
+    one_of("auto", "bfloat16", "float16", "float32", None)(key, value)
 
 
 SETTINGS: dict[str, Check] = {
@@ -113,7 +113,7 @@ SETTINGS: dict[str, Check] = {
     "max_epochs": integer(1),
     "batch_size": integer(1),
     "accumulation_steps": integer(1),
-    "learning_rate": number(positive=True),
+    "learning_rate": number(minimum=0.0),
     "weight_decay": number(minimum=0.0),
     "max_grad_norm": number(positive=True, optional=True),
     "precision": _precision,

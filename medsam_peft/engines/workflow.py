@@ -64,6 +64,16 @@ def require_datalist(datalist_file: str | os.PathLike, dataset: str, dataset_dir
     ensure_datalist(datalist_file, dataset, dataset_dir)
 
 
+def prompt_keys(prepare_batch: Any) -> list[str]:
+    """The sample keys a ``prepare_batch`` feeds the network as prompts (``["box"]`` for the box prompt)."""
+    extra = getattr(prepare_batch, "extra_keys", None)
+    if isinstance(extra, dict):
+        return [str(v) for v in extra.values()]
+    if isinstance(extra, (list, tuple)):
+        return [str(v) for v in extra]
+    return []
+
+
 def train_key_metric(num_classes: int | None = None) -> dict[str, Any]:
     """The trainer's running metric: mean Dice of the binary masks, or mIoU of the multi-class label maps."""
     from monai.handlers import MeanDice, from_engine

@@ -1,12 +1,15 @@
 """MONAI Label integration: infer tasks over exported bundles and the app behaviour shared by ``apps/medsam_label``.
 
 Needs the optional extra ``pip install -e .[label]`` (monailabel 0.8.5 with the pins that make it import beside
-monai 1.6.1). MONAI Label answers every exception with a 500; ``MedSamLabelMixin.infer`` turns what is the caller's
-mistake into 4xx replies (``fastapi.HTTPException``) and keeps the server serving.
+monai 1.6.1). MONAI Label answers every exception with a 500 and reads any server path given as ``image``;
+``guard_infer_endpoint`` and ``answer_infer`` make every HTTP input untrusted: only datastore ids and uploads are
+read, malformed ``params`` and the caller's other mistakes get a 4xx with the reason, and the server keeps serving.
 """
 
 from __future__ import annotations
 
+import contextvars
+import json
 import logging
 import os
 import tempfile
@@ -17,9 +20,20 @@ from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from medsam_peft.label.predictor import BundleError, BundlePredictor, LabelRequestError
-from medsam_peft.transforms.volume import write_nifti
+from medsam_peft.transforms.io import is_volume_path
+from medsam_peft.transforms.volume import write_volume
 
 logger = logging.getLogger(__name__)
+
+# Result formats a caller may ask for with params["result_extension"] (3D Slicer and OHIF send ".nrrd").
+VOLUME_RESULTS = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd")
+IMAGE_RESULTS = (".png",)
+# params keys that would replace what the URL and the upload decided (request.update(params) in MONAI Label).
+RESERVED_PARAMS = ("image", "model", "session", "file")
+
+# Set by the guarded endpoint for one request: True when ``image`` is the server's own path of an upload (a file
+# field or a session), which is the only case a path, not a datastore id, may reach the infer task.
+_SERVER_PATH = contextvars.ContextVar("medsam_peft_server_path", default=False)
 
 
 class SamBundleInferTask(InferTask):
@@ -44,17 +58,40 @@ class SamBundleInferTask(InferTask):
         return self.predictor.error is None  # a bundle that failed to load is not offered in /info/
 
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        requested = request.get("result_extension")
+        suffix = result_suffix(requested)  # checked before any work
+        volume = is_volume_path(Path(request["image"]))
+        if not volume and requested not in (None, "", *IMAGE_RESULTS):
+            raise LabelRequestError(422, f"result_extension {requested!r} is for volumes; a 2-D image's result is one "
+                                         f"of {list(IMAGE_RESULTS)}")
+        if volume and requested in IMAGE_RESULTS:
+            raise LabelRequestError(422, f"result_extension {requested!r} is for 2-D images; a volume's result is one "
+                                         f"of {list(VOLUME_RESULTS)}")
         mask, details, affine = self.predictor.segment_file(request["image"], request)
-        fd, out = tempfile.mkstemp(suffix=".png" if affine is None else ".nii.gz", prefix="medsam_label_")
+        label, value = next(iter(self.predictor.labels.items()), ("foreground", 1))
+        if affine is None:
+            suffix = ".png"
+        fd, out = tempfile.mkstemp(suffix=suffix, prefix="medsam_label_")
         os.close(fd)
+        labelled = (mask > 0).astype("uint8") * value  # the label map's value (1), as /info/ announces it
         if affine is None:  # 2-D: MONAI's (x, y) array back to a (rows, cols) PNG
             from PIL import Image
 
-            Image.fromarray(mask.T * 255).save(out)
+            Image.fromarray(labelled.T).save(out)
         else:
-            write_nifti(mask, affine, out)
-        label = next(iter(self.predictor.labels), "foreground")
-        return out, {"model": self.predictor.name, "label_names": {label: 1}, **details}
+            write_volume(labelled, affine, out)
+        return out, {"model": self.predictor.name, "label_names": {label: value}, **details}
+
+
+def result_suffix(requested: Any) -> str:
+    """The result file's suffix: the caller's ``result_extension`` when it is one this app writes (volumes: NIfTI,
+    NRRD; 2-D: PNG), NIfTI by default. Anything else (a path, an unknown format) is a 422, never a file name."""
+    if requested in (None, ""):
+        return ".nii.gz"
+    if requested not in VOLUME_RESULTS + IMAGE_RESULTS:
+        raise LabelRequestError(422, f"result_extension must be one of {list(VOLUME_RESULTS + IMAGE_RESULTS)}, got "
+                                     f"{str(requested)[:80]!r}")
+    return ".nrrd" if requested == ".seg.nrrd" else str(requested)
 
 
 def infer_tasks(app_dir: str, conf: dict[str, str]) -> dict[str, InferTask]:
@@ -97,18 +134,82 @@ class BrokenBundleTask(InferTask):
         raise BundleError(self.reason)
 
 
+def guard_infer_endpoint() -> None:
+    """Check ``POST /infer/{model}`` requests before MONAI Label handles them (idempotent).
+
+    MONAI Label's endpoint function parses ``params`` with ``json.loads`` (a 500 on bad JSON), lets ``params`` replace
+    ``image``, and its app reads any existing path given as ``image``. It offers no hook before that, so the app
+    wraps ``monailabel.endpoints.infer.run_inference``, which the route calls by name on each request.
+    """
+    from monailabel.endpoints import infer as endpoint
+
+    original = endpoint.run_inference
+    if getattr(original, "medsam_peft_guard", False):
+        return
+
+    def run_inference(background_tasks, model, image="", session_id="", params="{}", file=None, label=None,
+                      output=None):
+        parsed = parse_params(params)
+        server_path = bool(file) or bool(session_id)
+        token = _SERVER_PATH.set(server_path)
+        try:
+            return original(background_tasks, model, image, session_id, json.dumps(parsed), file, label, output)
+        finally:
+            _SERVER_PATH.reset(token)
+
+    run_inference.medsam_peft_guard = True
+    endpoint.run_inference = run_inference
+
+
+def parse_params(params: Any) -> dict[str, Any]:
+    """The ``params`` form field as a dict; malformed JSON, a non-object, or keys that would replace the request's
+    image or model are 422s."""
+    if params in (None, ""):
+        return {}
+    try:
+        parsed = json.loads(params) if isinstance(params, (str, bytes)) else params
+    except json.JSONDecodeError as err:
+        raise HTTPException(status_code=422, detail=f"params is not valid JSON ({err.msg} at line {err.lineno} column "
+                                                    f"{err.colno}); send a JSON object such as {{\"roi\": [x0, y0, x1, "
+                                                    "y1]}") from None
+    if not isinstance(parsed, dict):
+        raise HTTPException(status_code=422, detail=f"params must be a JSON object, got {type(parsed).__name__}")
+    reserved = [k for k in RESERVED_PARAMS if k in parsed]
+    if reserved:
+        raise HTTPException(status_code=422, detail=f"params may not set {reserved[0]!r}: the image comes from the URL "
+                                                    "(a datastore id) or the uploaded 'file' field")
+    return parsed
+
+
+def _not_in_datastore(image: Any) -> HTTPException:
+    shown = str(image)[:80]
+    return HTTPException(status_code=404, detail=f"image {shown!r} is not in the datastore; send a datastore id (GET "
+                                                 "/datastore/?output=all lists them), upload it with PUT "
+                                                 "/datastore/image, or send it as the 'file' field")
+
+
 def answer_infer(app: Any, infer, request: dict[str, Any], datastore=None) -> dict[str, Any]:
-    """Run MONAI Label's ``infer`` with the caller's mistakes answered as 4xx instead of 500."""
+    """Run MONAI Label's ``infer`` with only datastore images and uploads readable, and the caller's mistakes
+    answered as 4xx instead of 500."""
     model = request.get("model")
     if model not in app._infers:
         raise HTTPException(status_code=404, detail=f"unknown model {model!r}; this server has {sorted(app._infers)}")
     image = request.get("image")
-    if isinstance(image, str) and not os.path.exists(image):
-        store = datastore or app.datastore()
-        if not image or not store.get_image_uri(image):
-            raise HTTPException(status_code=404, detail=f"image {image!r} is not in the datastore; upload it with "
-                                                        "PUT /datastore/image or send it as the 'file' field")
+    if not isinstance(image, str):
+        raise _not_in_datastore(image)
+    store = datastore or app.datastore()
+    if _SERVER_PATH.get():
+        if not os.path.isfile(image) and not os.path.isdir(image):
+            raise _not_in_datastore(Path(image).name)
+    else:
+        # A datastore id and nothing else: the same reply whether or not some server path of that name exists.
+        uri = store.get_image_uri(image) if image and image in store.list_images() else ""
+        if not uri or not os.path.exists(uri):
+            raise _not_in_datastore(image)
+        # The datastore's own path: MONAI Label would otherwise first try the id as a path relative to its cwd.
+        request = {**request, "image": uri}
     try:
+        result_suffix(request.get("result_extension"))
         return infer(request, datastore)
     except LabelRequestError as err:
         raise HTTPException(status_code=err.status, detail=str(err)) from err
@@ -116,4 +217,5 @@ def answer_infer(app: Any, infer, request: dict[str, Any], datastore=None) -> di
         raise HTTPException(status_code=409, detail=str(err)) from err
 
 
-__all__ = ["BrokenBundleTask", "SamBundleInferTask", "answer_infer", "infer_tasks"]
+__all__ = ["BrokenBundleTask", "SamBundleInferTask", "answer_infer", "guard_infer_endpoint", "infer_tasks", "parse_params",
+           "result_suffix"]

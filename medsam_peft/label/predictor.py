@@ -57,35 +57,62 @@ def _number_list(value: Any, name: str, length: tuple[int, ...]) -> list[float]:
     return [float(v) for v in value]
 
 
+def _volume_roi(value: Any, shape: tuple[int, ...]) -> list[float]:
+    """3D Slicer's ROI ``[i0, i1, j0, j1, k0, k1]`` (its MONAI Label plugin interleaves min/max per axis, and its
+    RAS-to-IJK conversion may swap a pair) as ``[i0, j0, i1, j1, k0, k1]`` with each pair ordered."""
+    if isinstance(value, (list, tuple)) and len(value) == 4:
+        raise LabelRequestError(422, f"roi {list(value)} has 4 numbers but the image is a volume: [i0, j0, i1, j1] and "
+                                     "[i0, i1, j0, j1] cannot be told apart; send 3D Slicer's 6-number ROI "
+                                     "[i0, i1, j0, j1, k0, k1] (voxel indices)")
+    numbers = _number_list(value, "roi", (6,))
+    (i0, i1), (j0, j1), (k0, k1) = (sorted(numbers[a:a + 2]) for a in (0, 2, 4))
+    if i1 <= i0 or j1 <= j0:
+        raise LabelRequestError(422, f"roi {list(value)} read as 3D Slicer's [i0, i1, j0, j1, k0, k1] has no extent "
+                                     f"in {'i' if i1 <= i0 else 'j'}; send [i0, i1, j0, j1, k0, k1] with i1 > i0 and "
+                                     "j1 > j0")
+    if not (0 <= round(k1) and round(k0) < shape[2]):
+        raise LabelRequestError(422, f"roi {list(value)}: its k range {k0:g}..{k1:g} misses the volume's 0..{shape[2] - 1}")
+    return [i0, j0, i1, j1, max(0.0, float(round(k0))), min(float(shape[2] - 1), float(round(k1)))]
+
+
 def parse_prompts(params: dict[str, Any], shape: tuple[int, ...]) -> tuple[list[float] | None, list[tuple], list[int]]:
     """Validate ``roi``/``foreground``/``background`` against an image of array ``shape`` (2-D or 3-D indices).
 
-    Returns the box (array indices, 4 or 6 numbers), the points (tuples of 2 or 3 indices) and their labels.
+    2-D images: ``roi`` is ``[x0, y0, x1, y1]``. Volumes: ``roi`` is 3D Slicer's ``[i0, i1, j0, j1, k0, k1]``;
+    points are ``[i, j, k]`` (OHIF and Slicer send three indices; a third index 0 is accepted on 2-D images).
+    Returns the box (array indices: 4 numbers, or ``[i0, j0, i1, j1, k0, k1]`` for volumes), the points (tuples of
+    2 or 3 indices) and their labels.
     """
     ndim = len(shape)
     known = {"roi", "foreground", "background"}
     box = None
     if params.get("roi") not in (None, []):
-        box = _number_list(params["roi"], "roi", (4, 6) if ndim == 3 else (4,))
+        if ndim == 3:
+            box = _volume_roi(params["roi"], shape)
+        else:
+            box = _number_list(params["roi"], "roi", (4,))
+            if box[2] <= box[0] or box[3] <= box[1]:
+                raise LabelRequestError(422, f"roi {params['roi']} has zero or negative area; send [x0, y0, x1, y1] with "
+                                             "x1 > x0 and y1 > y0")
         lo, hi = box[:2], box[2:4]
-        if hi[0] <= lo[0] or hi[1] <= lo[1]:
-            raise LabelRequestError(422, f"roi {params['roi']} has zero or negative area; send [x0, y0, x1, y1] with "
-                                         "x1 > x0 and y1 > y0")
         for axis in range(2):
             if hi[axis] <= 0 or lo[axis] >= shape[axis] - 1:
                 raise LabelRequestError(422, f"roi {params['roi']} lies outside the image (axis {axis} has "
                                              f"{shape[axis]} pixels, valid indices 0..{shape[axis] - 1})")
             # A box dragged past the border is clipped to it, as a viewer would draw it.
             box[axis], box[axis + 2] = max(lo[axis], 0.0), min(hi[axis], float(shape[axis] - 1))
-        if len(box) == 6 and not (0 <= box[4] <= box[5] < shape[2]):
-            raise LabelRequestError(422, f"roi slices {box[4:]} must satisfy 0 <= z0 <= z1 < {shape[2]}")
     points, labels = [], []
     for key, label in (("foreground", 1), ("background", 0)):
         value = params.get(key) or []
         if not isinstance(value, (list, tuple)):
             raise LabelRequestError(422, f"{key} must be a list of points [[x, y{', z' if ndim == 3 else ''}], ...]")
         for point in value:
-            p = _number_list(point, f"each {key} point", (ndim,))
+            lengths = (ndim,) if ndim == 3 else (2, 3)
+            p = _number_list(point, f"each {key} point", lengths)
+            if ndim == 2 and len(p) == 3:
+                if p[2] != 0:
+                    raise LabelRequestError(422, f"{key} point {point} has slice index {p[2]:g} but the image is 2-D")
+                p = p[:2]
             if any(not 0 <= c <= shape[a] - 1 for a, c in enumerate(p)):
                 raise LabelRequestError(422, f"{key} point {point} lies outside the image of shape {tuple(shape)}")
             points.append(tuple(p))
@@ -128,7 +155,7 @@ class BundlePredictor:
         self.labels = {name: int(i) for i, name in channels.items() if name != "background"}
         self.squash = bool(self.config.get("squash", False))
         self.prompt = str(self.config.get("prompt", "box"))
-        self.precision = str(self.config.get("precision", "float32"))
+        self.precision = str(self.config.get("precision", "auto"))
         self.checkpoint = self.config.get("checkpoint")
         self.device = torch.device(device)
         self.threshold = threshold
@@ -225,6 +252,10 @@ class BundlePredictor:
 
     def _segment_volume(self, volume: np.ndarray, params: dict[str, Any], affine) -> tuple[np.ndarray, dict, Any]:
         box, points, labels = parse_prompts(params, volume.shape)
+        index = params.get("slice")
+        if index is not None and index != -1 and (
+                not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < volume.shape[2]):
+            raise LabelRequestError(422, f"slice must be an integer in 0..{volume.shape[2] - 1}, got {index!r}")
         self._require_prompt(box, points)
         window = params.get("window")
         window = None if window is None else tuple(_number_list(window, "window", (2,)))
@@ -233,20 +264,19 @@ class BundlePredictor:
         except ValueError as err:
             raise LabelRequestError(422, f"window: {err}") from err
         depth, columns = volume.shape[2], volume.shape[1]
-        if box is not None and len(box) == 6:
+        if index is not None and index != -1:  # Slicer and OHIF send the viewed slice of a 2-D model, -1 for none
+            if box is not None and not box[4] <= index <= box[5]:
+                raise LabelRequestError(422, f"slice {index} lies outside the roi's k range {box[4]:g}..{box[5]:g}")
+            slices = [index]
+        elif box is not None:
             slices = range(int(box[4]), int(box[5]) + 1)
         elif points:
             slices = sorted({int(round(p[2])) for p in points})
-        elif "slice" in params:
-            index = params["slice"]
-            if not isinstance(index, int) or not 0 <= index < depth:
-                raise LabelRequestError(422, f"slice must be an integer in 0..{depth - 1}, got {index!r}")
-            slices = [index]
         elif self.prompt_free:
             slices = range(depth)
         else:
-            raise LabelRequestError(422, "a 2-D roi on a volume needs 'slice' (the k index) or a 6-number roi "
-                                         "[i0, j0, i1, j1, k0, k1]")
+            raise LabelRequestError(422, "a volume needs a prompt: a 6-number roi [i0, i1, j0, j1, k0, k1], "
+                                         "[i, j, k] points, or 'slice' for a prompt-free model")
 
         def to_image_xy(i: float, j: float) -> tuple[float, float]:
             # slice_to_image: image column = i, image row = (J - 1) - j

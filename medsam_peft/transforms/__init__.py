@@ -56,6 +56,7 @@ from medsam_peft.transforms.volume import (
     SliceVolumeDict,
     foreground_slices,
     write_nifti,
+    write_volume,
 )
 
 __all__ = [
@@ -68,5 +69,5 @@ __all__ = [
     "RestoreOriginalSize", "RestoreOriginalSizeD", "RestoreOriginalSizeDict", "RestoreOriginalSized",
     "SaveMaskD", "SaveMaskDict", "SaveMaskd", "ScaleIntensityByDtype", "ScaleIntensityByDtypeD",
     "ScaleIntensityByDtypeDict", "ScaleIntensityByDtyped", "ScaleBoxD", "ScaleBoxDict", "ScaleBoxd",
-    "SliceVolumeD", "SliceVolumeDict", "SliceVolumed", "foreground_slices", "mask_from_array", "write_nifti",
+    "SliceVolumeD", "SliceVolumeDict", "SliceVolumed", "foreground_slices", "mask_from_array", "write_nifti", "write_volume",
 ]

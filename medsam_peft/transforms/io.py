@@ -63,7 +63,7 @@ def _open_pil(path: Path) -> tuple[np.ndarray, float]:
             if img.mode in ("RGBA", "LA", "CMYK", "YCbCr", "PA"):
                 img = img.convert("RGB")  # alpha carries no image content for segmentation
             return np.asarray(img), 255.0
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ImageReadError(f"{path}: unreadable or truncated image ({err}); re-export or re-download it") from err
 
 

@@ -122,4 +122,31 @@ def write_nifti(volume: torch.Tensor | np.ndarray, affine: torch.Tensor | np.nda
     return path
 
 
+def write_volume(volume: torch.Tensor | np.ndarray, affine: torch.Tensor | np.ndarray, path: str | os.PathLike,
+                 dtype: type = np.uint8) -> Path:
+    """Write a (X, Y, Z) volume on the grid of ``affine`` (RAS, as nibabel) by the file's suffix: NIfTI through
+    ``write_nifti``; NRRD / MHA (what 3D Slicer and OHIF ask MONAI Label for) through SimpleITK, whose LPS
+    geometry is converted from the RAS affine. Atomic (temp file + rename)."""
+    path = Path(path)
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        return write_nifti(volume, affine, path, dtype)
+    if not path.name.lower().endswith((".nrrd", ".mha", ".mhd")):
+        raise ValueError(f"cannot write {path.name}: volume results are NIfTI (.nii, .nii.gz), NRRD (.nrrd) or MHA")
+    import SimpleITK as sitk
+
+    array = np.asarray(torch.as_tensor(volume).detach().cpu())
+    array = array[0] if array.ndim == 4 else array
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(torch.as_tensor(affine), dtype=np.float64)
+    spacing = np.sqrt((lps[:3, :3] ** 2).sum(axis=0))
+    image = sitk.GetImageFromArray(array.astype(dtype).transpose(2, 1, 0))  # (X, Y, Z) -> ITK's (z, y, x)
+    image.SetSpacing([float(v) for v in spacing])
+    image.SetOrigin([float(v) for v in lps[:3, 3]])
+    image.SetDirection([float(v) for v in (lps[:3, :3] / spacing).reshape(-1)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    sitk.WriteImage(image, str(tmp), True)
+    os.replace(tmp, path)
+    return path
+
+
 SliceVolumeD = SliceVolumeDict = SliceVolumed

@@ -12,6 +12,7 @@ import torch
 from medsam_peft.errors import MedsamPeftError
 from medsam_peft.tuners.base import TunedSam
 from medsam_peft.utils.atomic_io import atomic_torch_save
+from medsam_peft.version import __version__
 
 ADAPTER_FORMAT = "medsam_peft.adapter/1"
 CHECKSUM_KEY = "tensor_sha256"
@@ -53,8 +54,6 @@ def adapter_state_dict(model: TunedSam) -> dict[str, torch.Tensor]:
 
 
 def adapter_metadata(model: TunedSam) -> dict[str, Any]:
-    from medsam_peft import __version__
-
     return {
         "tuner": model.config.tuner_type,
         "options": model.config.to_dict(),

@@ -62,10 +62,10 @@ class TunerConfig:
         for field in ("target_modules", "exclude_modules"):
             pattern = getattr(self, field)
             if pattern is not None:
-                _compile(pattern, field)
+                compile_pattern(pattern, field)
         for field in ("trainable_modules", "frozen_modules"):
             for pattern in getattr(self, field):
-                _compile(pattern, field)
+                compile_pattern(pattern, field)
         if self.mask_tokens is not None and int(self.mask_tokens) < 1:
             raise ConfigError(f"mask_tokens must be >= 1 or None, got {self.mask_tokens}")
         if self.num_classes is not None:
@@ -109,7 +109,8 @@ class TunerConfig:
         return cls(**options)
 
 
-def _compile(pattern: str, field: str) -> re.Pattern[str]:
+def compile_pattern(pattern: str, field: str) -> re.Pattern[str]:
+    """``re.compile`` for a tuner option; an invalid expression is a ``ConfigError`` naming the option."""
     try:
         return re.compile(pattern)
     except re.error as err:

@@ -13,8 +13,8 @@ import errno
 import io
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=TEMP_SUFFIX, dir=path.parent)
+        # os.open with 0o666 honours the umask (mkstemp would make every checkpoint private to its owner)
+        tmp = str(path.parent / f"{path.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as err:
         if err.errno in _NO_SPACE:
             raise OutputDirError(_no_space_message(path, len(data))) from err

@@ -49,7 +49,9 @@ def lock_output_dir(output_dir: str | os.PathLike) -> Path:
         raise OutputDirError(f"output folder {folder} is in use by {holder}; wait for that run to finish, or give "
                              "this run another --output_dir") from None
     started = datetime.datetime.now().isoformat(timespec="seconds")
-    command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:300]
+    program = sys.argv[0] if sys.argv else "python"
+    program = "python -m monai.bundle" if program.replace("\\", "/").endswith("monai/bundle/__main__.py") else program
+    command = " ".join([os.path.basename(program) if "/" in program else program, *sys.argv[1:]])[:300]
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"process {os.getpid()} (started {started}: {command})\n".encode(), 0)
     _HELD[key] = fd

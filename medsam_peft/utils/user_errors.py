@@ -12,6 +12,7 @@ data/output problems, 2 for settings). Anything else, and everything with ``--de
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import re
 import sys
@@ -73,6 +74,21 @@ def debug_requested(argv: list[str] | None = None) -> bool:
     return False
 
 
+def _close_progress_bars() -> bool:
+    """Close tqdm bars still open (the training and validation bars of the failed run); True if there were any."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return False
+    bars = list(getattr(tqdm, "_instances", ()))
+    for bar in bars:
+        try:
+            bar.close()
+        except Exception:  # a half-torn-down bar must not hide the message
+            pass
+    return bool(bars)
+
+
 def _hook(previous):
     def excepthook(kind: type[BaseException], error: BaseException, traceback: TracebackType | None) -> None:
         found = None if debug_requested() else user_error(error)
@@ -80,7 +96,8 @@ def _hook(previous):
             previous(kind, error, traceback)
             return
         message, code = found
-        sys.stderr.write(f"error: {message}\n")
+        fresh_line = "\n" if _close_progress_bars() else ""  # a bar leaves the cursor mid-line
+        sys.stderr.write(f"{fresh_line}error: {message}\n")
         sys.stderr.flush()
         if code != 1:  # Python exits with 1 after an uncaught exception; another code needs an explicit exit
             sys.stdout.flush()
@@ -90,10 +107,30 @@ def _hook(previous):
     return excepthook
 
 
+_IGNITE_TERMINATION = ("Engine run is terminating due to exception", "Current run is terminating due to exception")
+
+
+class _EngineTerminationFilter(logging.Filter):
+    """Drops ignite's "... is terminating due to exception: ..." lines (one per running engine, with a DataLoader
+    worker's whole traceback in them): the hook prints the error once, or Python its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("ignite.") and str(record.msg).startswith(_IGNITE_TERMINATION))
+
+
 def install() -> None:
     """Install the hook once (idempotent)."""
     if not getattr(sys.excepthook, "medsam_peft", False):
         sys.excepthook = _hook(sys.excepthook)
+
+
+def quiet_engine_logger(engine) -> None:
+    """Under the command-line hook (and not debugging), drop ``engine``'s own "terminating due to exception" log
+    lines: the hook reports the error. Called by the handlers that own an engine's console output."""
+    if getattr(sys.excepthook, "medsam_peft", False) and not debug_requested():
+        logger = getattr(engine, "logger", None)
+        if logger is not None and not any(isinstance(f, _EngineTerminationFilter) for f in logger.filters):
+            logger.addFilter(_EngineTerminationFilter())
 
 
 def in_bundle_command() -> bool:
@@ -101,4 +138,4 @@ def in_bundle_command() -> bool:
     return bool(sys.argv) and str(sys.argv[0]).replace("\\", "/").endswith("monai/bundle/__main__.py")
 
 
-__all__ = ["debug_requested", "in_bundle_command", "install", "user_error"]
+__all__ = ["debug_requested", "in_bundle_command", "install", "quiet_engine_logger", "user_error"]

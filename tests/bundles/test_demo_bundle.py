@@ -17,6 +17,7 @@ from monai.data import load_decathlon_datalist
 from PIL import Image
 
 from medsam_peft import load_tuned_sam
+from medsam_peft.engines import AutocastInferer
 from medsam_peft.transforms import ResizeLongestSide, RestoreOriginalSize
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,8 +81,8 @@ def test_final_adapter_reproduces_the_reported_dice_independently(demo_run) -> N
         mask = resize_mask(torch.as_tensor(np.asarray(Image.open(item["label"])) > 127, dtype=torch.float32)[None])[0]
         ys, xs = np.nonzero(mask.numpy())
         box = torch.tensor([[xs.min(), ys.min(), xs.max(), ys.max()]], dtype=torch.float32)
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = model(resize(image)[None], boxes=box).float()
+        with torch.no_grad():  # in the run's precision (the default "auto": bf16 only where the CPU runs it natively)
+            logits = AutocastInferer("auto")(resize(image)[None], model, boxes=box)
         pred = (torch.sigmoid(logits[0, 0]) > 0.5).numpy()
         truth = mask.numpy() > 0.5
         dices.append(2 * np.logical_and(pred, truth).sum() / (pred.sum() + truth.sum()))
@@ -191,3 +192,28 @@ def test_export_bundle_is_valid_and_runs_anywhere(demo_run, tmp_path) -> None:
     with torch.no_grad():
         expected = RestoreOriginalSize(128, "bilinear")(torch.sigmoid(model(resized[None], boxes=scaled))[0], (h, w))
     assert mask.shape == truth.shape and (mask != (expected[0].numpy() > 0.5)).mean() < 1e-4
+
+
+def test_the_same_pictures_in_16_bit_score_the_same_dice(demo_run, tmp_path) -> None:
+    """Regression: 16-bit PNGs went through a fixed 0..255 window (76 % of the pixels became 1.0) and trained on
+    garbage without a word. configs/evaluate.json on a copy of the validation images stored as 16-bit (x 257, the
+    same picture) scores exactly what it scores on the 8-bit originals."""
+    import shutil
+
+    out, _ = demo_run
+    data16 = tmp_path / "data16"
+    shutil.copytree(out / "data", data16)
+    for path in (data16 / "images").glob("*.png"):
+        pixels = np.asarray(Image.open(path))
+        assert pixels.dtype == np.uint8
+        Image.fromarray(pixels.astype(np.uint16) * 257).save(path)  # 0..255 -> 0..65535
+        reread = np.asarray(Image.open(path))
+        assert reread.max() > 255 and np.array_equal(reread // 257, pixels)
+    runs = {}
+    for name, data in (("8bit", out / "data"), ("16bit", data16)):
+        _run_bundle(["bundles/conv_lora_demo.json", "configs/evaluate.json"],
+                    {**_tiny(out), "dataset_dir": str(data), "eval_dir": str(tmp_path / name)})
+        runs[name] = json.loads((tmp_path / name / "metrics.json").read_text())["metrics"]
+    assert runs["8bit"]["val_mean_dice"] > 0
+    for key, value in runs["8bit"].items():
+        assert runs["16bit"][key] == pytest.approx(value, abs=1e-6), key

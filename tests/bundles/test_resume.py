@@ -1,5 +1,7 @@
 """A training run killed (SIGKILL) after an epoch continues from its checkpoint and ends exactly where an
-uninterrupted run ends: same adapter tensors, same final validation metric."""
+uninterrupted run ends: same adapter tensors, same final validation metric, and one MLflow run per output folder with
+the complete histories (3 epochs and overridden batch size / learning rate: a run with max_epochs != 1 used to lose
+its params, its training metrics and its artifacts)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import mlflow
 import torch
 
 from tests.bundles.test_demo_bundle import REPO
@@ -17,8 +20,8 @@ from tests.bundles.test_demo_bundle import REPO
 
 def _command(out, data) -> list[str]:
     overrides = {"bundle_root": str(REPO), "dataset_dir": str(data), "output_dir": str(out), "backbone": "vit_tiny",
-                 "checkpoint": "", "image_size": "128", "slice_step": "8", "max_epochs": "3", "overlays": "0",
-                 "experiment_name": "resume_test"}
+                 "checkpoint": "", "image_size": "128", "slice_step": "8", "max_epochs": "3", "overlays": "2",
+                 "batch_size": "3", "learning_rate": "0.0002", "experiment_name": "resume_test"}
     args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(REPO / "bundles/conv_lora_demo.json")]
     for key, value in overrides.items():
         args += [f"--{key}", value]
@@ -27,6 +30,17 @@ def _command(out, data) -> list[str]:
 
 def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+
+
+def _mlflow_run(out):
+    """The only MLflow run in the output folder's store, with its metric histories and artifact names."""
+    client = mlflow.MlflowClient(f"sqlite:///{out / 'mlruns.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("resume_test").experiment_id])
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    run = runs[0]
+    history = {name: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, name)]
+               for name in ("train_loss", "train_mean_dice", "val_mean_dice", "val_mean_iou")}
+    return run, history, {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
 def _final_metric(log: str) -> float:
@@ -63,3 +77,19 @@ def test_killed_run_resumes_to_the_same_result(tmp_path) -> None:
     a = torch.load(tmp_path / "straight" / "adapter_final.pt", weights_only=True)["state_dict"]
     b = torch.load(out / "adapter_final.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    # MLflow: the uninterrupted run has its overridden params, a train/val history per epoch and its artifacts ...
+    run, history, artifacts = _mlflow_run(tmp_path / "straight")
+    assert run.info.status == "FINISHED"
+    assert {k: run.data.params[k] for k in ("max_epochs", "batch_size", "learning_rate")} == {
+        "max_epochs": "3", "batch_size": "3", "learning_rate": "0.0002"}
+    assert [step for step, _ in history["train_loss"]] == [1, 2, 3]
+    assert [step for step, _ in history["val_mean_dice"]] == [0, 1, 2, 3]  # zero-shot, then every epoch
+    assert {"parameter_report.json", "run_config.json", "metric_report.txt", "adapter_best.pt",
+            "overlay_00.png"} <= artifacts
+    # ... and the killed run, resumed, continued its own MLflow run (found by its output folder) to the same history
+    resumed_run, resumed, resumed_artifacts = _mlflow_run(out)
+    assert resumed_run.info.status == "FINISHED" and resumed_run.data.params["max_epochs"] == "3"
+    assert resumed["train_loss"] == history["train_loss"] and resumed["train_mean_dice"] == history["train_mean_dice"]
+    assert sorted(set(resumed["val_mean_dice"])) == history["val_mean_dice"]  # the resumed start re-validates once
+    assert artifacts == resumed_artifacts

@@ -66,8 +66,12 @@ def test_missing_dataset_stops_with_the_prepare_command(tmp_path) -> None:
                            "--dataset_dir", str(tmp_path / "nowhere")], capture_output=True, text=True, cwd=REPO,
                           timeout=300)
     assert done.returncode == 1
-    assert f"Prepare it with:  medsam-peft prepare kvasir --root {tmp_path / 'nowhere'}" in done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        f"error: no prepared kvasir data: {tmp_path / 'nowhere' / 'datalist.json'} does not exist; prepare it with "
+        f"`medsam-peft prepare kvasir --root {tmp_path / 'nowhere'}`, or point the bundle at a prepared copy with "
+        "--dataset_dir DIR")
     assert "Traceback" not in done.stderr
+    assert not (REPO / "runs" / "conv_lora_kvasir").exists()  # a refused run leaves nothing behind
 
 
 def test_early_stopping_ends_a_run_that_stops_improving(small_data, tmp_path, monkeypatch) -> None:

@@ -213,7 +213,7 @@ def test_trans10k_bundle_on_real_aal_structures_as_classes(tmp_path, monkeypatch
                           align_corners=False)
         x = F.pad(x, (0, 256 - size[1], 0, 256 - size[0]))
         with torch.no_grad():
-            pred = AutocastInferer("bfloat16")(x, model)
+            pred = AutocastInferer("auto")(x, model)  # the bundle's default precision
         semantic = SemanticFromQueries()({k: v[0] for k, v in pred.items()}).argmax(0).numpy()
         target = F.interpolate(torch.from_numpy(label.astype(np.float32))[None, None], size=size,
                                mode="nearest-exact")[0, 0].numpy()

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from medsam_peft.cli import main as cli_main
+from medsam_peft.tuners.adapter_io import tensor_checksum
 from tests.conftest import COLIN27_DIR
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,7 +62,15 @@ def server(tmp_path_factory):
     shutil.copytree(bundle, broken)
     payload = torch.load(broken / "models/model.pt", weights_only=True)
     payload["state_dict"].pop(sorted(payload["state_dict"])[0])
+    payload["metadata"]["tensor_sha256"] = tensor_checksum(payload["state_dict"])  # a whole file, of another model
     torch.save(payload, broken / "models/model.pt")
+    # a copy damaged in transit: one value of one tensor changed, the recorded checksum kept
+    corrupt = app / "model" / "corrupt"
+    shutil.copytree(bundle, corrupt)
+    payload = torch.load(corrupt / "models/model.pt", weights_only=True)
+    first = sorted(payload["state_dict"])[0]
+    payload["state_dict"][first].view(-1)[0] += 1.0
+    torch.save(payload, corrupt / "models/model.pt")
     # the same adapter declared prompt-free (as a Conv-LoRA bundle trained without prompts is): the automatic task
     automatic = app / "model" / "automatic"
     shutil.copytree(bundle, automatic)
@@ -77,10 +86,12 @@ def server(tmp_path_factory):
     shutil.copy(root / "data" / entry["image"], studies / "slice.png")
     shutil.copy(COLIN27_DIR / "ch2.nii.gz", studies / "colin27.nii.gz")
     (studies / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 8)
+    outside = root / "outside.png"  # a readable image the server must not read: it is not in the datastore
+    shutil.copy(root / "data" / entry["image"], outside)
 
     port = _free_port()
     command = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies",
-               str(studies), "--conf", "models", "thalamus,mismatched,automatic", "--conf", "zoo_source", "local",
+               str(studies), "--conf", "models", "thalamus,mismatched,corrupt,automatic", "--conf", "zoo_source", "local",
                "--host", "127.0.0.1", "--port", str(port)]
     log = open(root / "server.log", "w")
     server_env = {**env, "MONAI_LABEL_TASKS_TRAIN": "false", "MONAI_LABEL_TASKS_SCORING": "false",
@@ -99,7 +110,7 @@ def server(tmp_path_factory):
         assert process.poll() is None, (root / "server.log").read_text()[-4000:]
         mask = np.asarray(Image.open(root / "data" / entry["label"])) > 0
         yield {"url": url, "process": process, "mask": mask, "root": root, "log": root / "server.log",
-               "slice": int(entry["slice"])}
+               "slice": int(entry["slice"]), "outside": outside}
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -128,7 +139,9 @@ def test_box_prompt_returns_a_png_mask_overlapping_the_structure(server) -> None
     mask = server["mask"]
     reply = _infer(server, params={"roi": _box_of(mask)})
     assert reply.status_code == 200, reply.text
-    predicted = np.asarray(Image.open(io.BytesIO(reply.content))) > 0
+    values = np.asarray(Image.open(io.BytesIO(reply.content)))
+    assert set(np.unique(values).tolist()) == {0, 1}  # the label map's value, as /info/ lists it: 1, not 255
+    predicted = values > 0
     assert predicted.shape == mask.shape
     chance = 2 * mask.mean() * predicted.mean() / (mask.mean() + predicted.mean())  # Dice of an independent mask
     dice = _dice(predicted, mask)
@@ -151,7 +164,8 @@ def test_volume_roi_returns_a_nifti_on_the_volume_grid(server) -> None:
     labels = np.asarray(nib.load(COLIN27_DIR / "aal.nii.gz").dataobj) == RIGHT_THALAMUS
     k = server["slice"]
     i, j = np.nonzero(labels[:, :, k])
-    roi = [int(i.min()) - 3, int(j.min()) - 3, int(i.max()) + 3, int(j.max()) + 3, k - 1, k + 1]
+    # 3D Slicer's MONAI Label plugin sends [i0, i1, j0, j1, k0, k1]; its RAS-to-IJK step can swap a pair (here j)
+    roi = [int(i.min()) - 3, int(i.max()) + 3, int(j.max()) + 3, int(j.min()) - 3, k - 1, k + 1]
     reply = _infer(server, image="colin27", params={"roi": roi})
     assert reply.status_code == 200, reply.text
     out = server["root"] / "pred.nii.gz"
@@ -188,11 +202,30 @@ def test_prompt_free_bundle_is_an_automatic_task(server) -> None:
         ("thalamus", "nosuchimage", {"roi": [10, 10, 50, 50]}, 404, "not in the datastore"),
         ("thalamus", "slice", {"roi": [500, 500, 900, 900]}, 422, "outside the image"),
         ("thalamus", "slice", {"roi": [40, 40, 40, 80]}, 422, "zero or negative area"),
-        ("thalamus", "slice", {"foreground": [[10, 10, 3]]}, 422, "foreground point must be a list of 2"),
+        ("thalamus", "slice", {"foreground": [[10, 10, 3, 4]]}, 422, "foreground point must be a list of 2 or 3"),
         ("thalamus", "slice", {"thalamus": [[10, 10]]}, 422, "unknown point label"),
         ("thalamus", "slice", {}, 422, "needs a prompt"),
         ("thalamus", "corrupt", {"roi": [10, 10, 50, 50]}, 415, "cannot read the image"),
         ("mismatched", "slice", {"roi": [10, 10, 50, 50]}, 409, "does not fit this model"),
+        ("corrupt", "slice", {"roi": [10, 10, 50, 50]}, 409, "is corrupt: its tensors do not match the checksum"),
+        # a hostile or careless caller: only datastore ids and uploads are read, every mistake is a 4xx
+        ("thalamus", "../../../../etc/passwd", {"roi": [10, 10, 50, 50]}, 404, "not in the datastore"),
+        ("thalamus", "/etc/passwd", {"roi": [10, 10, 50, 50]}, 404, "not in the datastore"),
+        ("thalamus", "slice", {"roi": [10, 10, 50, 50], "image": "/etc/passwd"}, 422, "may not set 'image'"),
+        ("thalamus", "slice", {"roi": [10, 10, 50, 50], "model": "automatic"}, 422, "may not set 'model'"),
+        ("thalamus", "slice", {"roi": [10, 10, 50, 50], "result_extension": "/../../tmp/x"}, 422,
+         "result_extension must be one of"),
+        ("thalamus", "slice", {"roi": [10, 10, 50, 50], "result_extension": ".nrrd"}, 422, "is for volumes"),
+        ("thalamus", "colin27", {"roi": [80, 90, 110, 120, 70, 72], "result_extension": ".png"}, 422, "is for 2-D"),
+        ("thalamus", "colin27", {"roi": [80, 90, 110, 120]}, 422, "cannot be told apart"),
+        ("thalamus", "colin27", {"roi": [80, 80, 90, 120, 70, 72]}, 422, "has no extent in i"),
+        ("thalamus", "colin27", {"roi": [80, 100, 90, 120, 500, 510]}, 422, "misses the volume"),
+        ("thalamus", "colin27", {"roi": [80, 100, 90, 120, 70, 72], "slice": 90}, 422, "outside the roi's k range"),
+        ("thalamus", "colin27", {"foreground": [[90, 100]]}, 422, "foreground point must be a list of 3"),
+        ("thalamus", "colin27", {"slice": "seventy"}, 422, "slice must be an integer"),
+        ("thalamus", "slice", {"roi": [10, "x", 50, 50]}, 422, "roi must be a list of 4 numbers"),
+        ("thalamus", "slice", {"roi": [10, 10, 50, 50], "foreground": [[20, 20, 4]]}, 422, "image is 2-D"),
+        ("thalamus", "slice", {"foreground": "centre"}, 422, "foreground must be a list of points"),
     ],
 )
 def test_bad_requests_get_a_4xx_with_a_reason(server, model, image, params, status, message) -> None:
@@ -219,3 +252,60 @@ def test_twenty_more_requests_in_a_row_after_the_bad_ones(server) -> None:
         dices.append(_dice(np.asarray(Image.open(io.BytesIO(reply.content))) > 0, mask))
     assert min(dices) > 0.5, dices
     assert server["process"].poll() is None
+
+
+@pytest.mark.parametrize(("params", "detail"), [
+    ("{not json", "params is not valid JSON"),
+    ("[1, 2]", "params must be a JSON object, got list"),
+    ("\"roi\"", "params must be a JSON object, got str"),
+])
+def test_malformed_params_are_a_422_not_a_500(server, params, detail) -> None:
+    reply = requests.post(f"{server['url']}/infer/thalamus", params={"image": "slice", "output": "json"},
+                          data={"params": params}, timeout=60)
+    assert reply.status_code == 422, reply.text
+    assert detail in reply.json()["detail"]
+
+
+def test_a_path_outside_the_datastore_is_never_read(server) -> None:
+    """An absolute path to a readable image outside --studies answered 200 with a mask; an existing and a missing
+    path now get the same 404, so the reply does not even tell which server files exist."""
+    box = _box_of(server["mask"])
+    existing = _infer(server, image=str(server["outside"]), params={"roi": box}, output="json")
+    missing = _infer(server, image=str(server["outside"]) + ".gone", params={"roi": box}, output="json")
+    assert existing.status_code == missing.status_code == 404
+    assert existing.json()["detail"].replace(str(server["outside"]), "X") == missing.json()["detail"].replace(
+        str(server["outside"]) + ".gone", "X")
+    relative = _infer(server, image="../outside", params={"roi": box}, output="json")
+    assert relative.status_code == 404 and "not in the datastore" in relative.json()["detail"]
+
+
+def test_slicer_request_with_nrrd_result_and_the_viewed_slice(server) -> None:
+    """What 3D Slicer's plugin sends for a 2-D model: a 6-number ROI, the viewed slice, its segment name as
+    'label', result_extension '.nrrd'. The NRRD holds the mask (value 1) on the volume's grid, on that slice only."""
+    from medsam_peft.transforms import LoadVolume
+
+    labels = np.asarray(nib.load(COLIN27_DIR / "aal.nii.gz").dataobj) == RIGHT_THALAMUS
+    k = server["slice"]
+    i, j = np.nonzero(labels[:, :, k])
+    roi = [int(i.min()) - 3, int(i.max()) + 3, int(j.min()) - 3, int(j.max()) + 3, k - 2, k + 2]
+    params = {"roi": roi, "slice": k, "label": "thalamus", "foreground": [], "background": [],
+              "result_extension": ".nrrd", "device": "cuda"}
+    reply = _infer(server, image="colin27", params=params)
+    assert reply.status_code == 200, reply.text
+    out = server["root"] / "slicer.nrrd"
+    out.write_bytes(reply.content)
+    loaded = LoadVolume()(out)
+    predicted = loaded[0].numpy()
+    assert predicted.shape == labels.shape and set(np.unique(predicted).tolist()) == {0.0, 1.0}
+    assert np.allclose(loaded.affine.numpy(), nib.load(COLIN27_DIR / "ch2.nii.gz").affine, atol=1e-4)
+    assert np.delete(predicted, k, axis=2).sum() == 0  # only the viewed slice
+    assert _dice(predicted[:, :, k], labels[:, :, k]) > 0.6
+
+
+def test_upload_is_read_even_with_a_path_in_the_url(server) -> None:
+    """An upload is the one way a file outside the datastore is read; a path in the URL beside it is ignored."""
+    image = server["root"] / "outside.png"
+    reply = _infer(server, image="/etc/passwd", params={"roi": _box_of(server["mask"])},
+                   files={"file": ("upload.png", image.read_bytes(), "image/png")})
+    assert reply.status_code == 200, reply.text
+    assert _dice(np.asarray(Image.open(io.BytesIO(reply.content))) > 0, server["mask"]) > 0.6

@@ -2,6 +2,7 @@
 
 from medsam_peft.engines.handlers.adapter_state import AdapterState
 from medsam_peft.engines.handlers.aux_loss import AuxLossHandler
+from medsam_peft.engines.handlers.best_adapter import BestAdapterCheckpoint
 from medsam_peft.engines.handlers.epoch_summary import EpochSummary
 from medsam_peft.engines.handlers.gradient_clip import GradientClipHandler
 from medsam_peft.engines.handlers.metric_report import MetricProgressReport
@@ -12,6 +13,6 @@ from medsam_peft.engines.handlers.resume_checkpoint import ResumeCheckpoint
 from medsam_peft.engines.handlers.rng_state import RngState
 
 __all__ = [
-    "AdapterState", "AuxLossHandler", "EpochSummary", "GradientClipHandler", "MetricProgressReport", "OverlayWriter",
+    "AdapterState", "AuxLossHandler", "BestAdapterCheckpoint", "EpochSummary", "GradientClipHandler", "MetricProgressReport", "OverlayWriter",
     "ProgressBar", "ResumeCheckpoint", "RngState", "SafeMLFlowHandler",
 ]

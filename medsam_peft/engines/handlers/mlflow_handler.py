@@ -56,20 +56,22 @@ class SafeMLFlowHandler(MLFlowHandler):
         if self.parent is not None:
             super().attach(engine)
             return
-        # Run-level events are registered at STARTED, i.e. after every handler attached later: complete/close then
-        # follow the other COMPLETED handlers (reports, final checkpoints) and the files they write get logged.
+        # Epoch metrics are logged at attach time, i.e. before the resume checkpoint is written (ResumeCheckpoint
+        # registers its save at STARTED): a run killed after the checkpoint has logged that epoch. Run-level events
+        # are registered at STARTED, after every handler attached later: complete/close then follow the other
+        # COMPLETED handlers (reports, final checkpoints) and the files they write get logged.
         if not engine.has_event_handler(self.start, Events.STARTED):
             engine.add_event_handler(Events.STARTED, self.start)
         if self.iteration_log:
             event = Events.ITERATION_COMPLETED
             engine.add_event_handler(event(event_filter=self.iteration_log) if callable(self.iteration_log) else event,
                                      self.iteration_completed)
+        if self.epoch_log:
+            event = Events.EPOCH_COMPLETED
+            engine.add_event_handler(event(event_filter=self.epoch_log) if callable(self.epoch_log) else event,
+                                     self.epoch_completed)
 
         def late(engine: Engine) -> None:
-            if self.epoch_log and not engine.has_event_handler(self.epoch_completed, Events.EPOCH_COMPLETED):
-                event = Events.EPOCH_COMPLETED
-                engine.add_event_handler(event(event_filter=self.epoch_log) if callable(self.epoch_log) else event,
-                                         self.epoch_completed)
             if not engine.has_event_handler(self.complete, Events.COMPLETED):
                 engine.add_event_handler(Events.COMPLETED, self.complete)
             if self.close_on_complete and not engine.has_event_handler(self.close, Events.COMPLETED):

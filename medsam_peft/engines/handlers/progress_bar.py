@@ -7,6 +7,8 @@ from typing import Any
 from ignite.engine import Engine
 from monai.utils import CommonKeys
 
+from medsam_peft.utils.user_errors import quiet_engine_logger
+
 
 class ProgressBar:
     """tqdm progress bar over an engine's iterations (ignite's ``ProgressBar``), showing the loss when training."""
@@ -18,6 +20,8 @@ class ProgressBar:
         self.show_loss = show_loss
 
     def attach(self, engine: Engine) -> None:
+        quiet_engine_logger(engine)  # the bar owns this engine's console: one error line, not a log per engine
+
         def transform(output: Any) -> dict[str, float]:
             # after MONAI's postprocessing the output is decollated: a list of per-sample dicts
             first = output[0] if isinstance(output, (list, tuple)) else output

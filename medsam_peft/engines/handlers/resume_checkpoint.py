@@ -50,7 +50,8 @@ class ResumeCheckpoint:
         except Exception as err:  # truncated zip, foreign pickle, a directory...: torch raises many types
             raise CheckpointError(f"resume checkpoint {self.path} cannot be read ({type(err).__name__}); it is "
                                   f"truncated or not written by medsam_peft: {_START_OVER}") from err
-        missing = [name for name in (*self.objects, "epoch", "iteration") if not isinstance(state, dict) or name not in state]
+        required = [name for name in ("model", "optimizer") if name in self.objects] + ["epoch", "iteration"]
+        missing = [name for name in required if not isinstance(state, dict) or name not in state]
         if missing:
             raise CheckpointError(f"resume checkpoint {self.path} lacks {missing[0]!r}: it was written by another "
                                   f"workflow or version; {_START_OVER}")
@@ -65,15 +66,19 @@ class ResumeCheckpoint:
             return
         state = self._read()
         for name, obj in self.objects.items():
+            if name not in state:  # a part added after this file was written (e.g. the best score): left fresh
+                logger.warning("%s holds no %r state; starting it fresh", self.path, name)
+                continue
             if name == "rng":
                 self._pending_rng = state[name]
                 continue
             try:
                 obj.load_state_dict(state[name])
             except (MedsamPeftError, ValueError, KeyError, RuntimeError) as err:
-                raise CheckpointError(f"resume checkpoint {self.path} does not fit this run ({name}: "
-                                      f"{str(err).splitlines()[0][:300]}); it was written with other settings: "
-                                      f"{_START_OVER}") from err
+                # the first mismatch says enough ("tuner 'conv_lora' in the file vs 'lora' in the model")
+                first = str(err).splitlines()[0].split(" does not fit this model: ", 1)[-1].split("; ")[0][:200]
+                raise CheckpointError(f"resume checkpoint {self.path} was written by a run with other settings "
+                                      f"({name}: {first}): {_START_OVER}") from err
         engine.state.epoch, engine.state.iteration = int(state["epoch"]), int(state["iteration"])
         if engine.state.epoch >= engine.state.max_epochs:
             logger.warning("%s holds a finished run (epoch %d of max_epochs %d): nothing left to train",

@@ -16,17 +16,23 @@ class ConvLoraConfig(LoraConfig):
 
     Args:
         r: bottleneck rank (reference 3).
+        dropout: dropout on the adapter input (0 in the reference).
         alpha: scaling numerator, update scaled by ``alpha / r`` (reference 32).
         num_experts: experts with up-scaling factors 1..num_experts (reference 8).
         noisy_gating: Gaussian exploration noise on the gate logits while training (reference True).
         aux_loss_coef: weight of the load-balancing loss per layer (reference 0.01).
     """
 
+    r: int = 3
+    alpha: float = 32.0
+    dropout: float = 0.0
     num_experts: int = 8
     noisy_gating: bool = True
     aux_loss_coef: float = 0.01
 
     tuner_type: ClassVar[str] = "conv_lora"
+    # The reference adapts the fused qkv of every encoder block (SAM ViT and LiteMedSAM's TinyViT alike).
+    default_target_modules: ClassVar[str | None] = r"image_encoder\..*attn\.qkv"
 
     def validate(self) -> None:
         super().validate()

@@ -31,9 +31,14 @@ class SamParserConfig(TunerConfig):
     default_target_modules: ClassVar[str | None] = r"image_encoder\.neck\.(0|2)"
 
     @property
-    def effective_target_modules(self) -> str | None:
+    def svd_target_modules(self) -> str:
+        """The layers factored into bases and trainable singular values."""
         if self.target_modules is not None:
             return self.target_modules
         if self.decompose_linear:
             return f"({self.default_target_modules})|({_ENCODER_LINEARS})"
         return self.default_target_modules
+
+    @property
+    def effective_target_modules(self) -> str | None:
+        return self.svd_target_modules
