@@ -1,8 +1,7 @@
 """medsam_peft: parameter-efficient fine-tuning of Segment Anything inside MONAI."""
 
-from medsam_peft.version import __version__  # noqa: E402
-
 from medsam_peft.utils import user_errors as _user_errors  # noqa: E402
+from medsam_peft.version import __version__  # noqa: E402
 
 if _user_errors.in_bundle_command():  # one line, not a traceback chain, for the user's mistakes (see the module)
     _user_errors.install()

@@ -12,6 +12,7 @@ from typing import Any
 from medsam_peft.benchmark import BASELINE_TUNER  # standard library only: keeps the CLI's start-up light
 from medsam_peft.errors import ConfigError, MedsamPeftError
 
+
 def _parse_value(text: str) -> Any:
     """Tuner option values from the command line: JSON where it parses (numbers, booleans, null), else a string."""
     try:

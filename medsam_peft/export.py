@@ -43,8 +43,8 @@ def inference_config(run: dict[str, Any], image_size: int) -> dict[str, Any]:
                   "configs/inference.json --bundle_root . --datalist requests.json (a list of {\"image\": path, "
                   "\"box\": [x0, y0, x1, y1] in image pixels}" + ("; the box is required" if prompt == "box" else "")
                   + "). Masks go to <output_dir>/<image stem>_pred.png.",
-        "imports": ["$import os", "$import json", "$import medsam_peft", "$import medsam_peft.transforms",
-                    "$import medsam_peft.engines"],
+        "imports": ["$import os", "$import json", "$import medsam_peft", "$import medsam_peft.data",
+                    "$import medsam_peft.transforms", "$import medsam_peft.engines"],
         "bundle_root": ".",
         "output_dir": "$os.path.join(@bundle_root, 'eval')",
         "datalist": None,
@@ -57,15 +57,12 @@ def inference_config(run: dict[str, Any], image_size: int) -> dict[str, Any]:
         "network_def": {"_target_": "medsam_peft.load_tuned_sam",
                         "adapter": "$os.path.join(@bundle_root, 'models', 'model.pt')", "checkpoint": "@checkpoint"},
         "network": "$@network_def.to(@device).eval()",
-        "preprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "medsam_peft.transforms.LoadImageMaskd", "image_key": "image", "label_key": "label",
-             "allow_missing_label": True},
-            {"_target_": "medsam_peft.transforms.ScaleIntensityByDtyped", "keys": "image"},
-            {"_target_": "medsam_peft.transforms.ResizeLongestSided", "keys": "image", "size": "@image_size",
-             "squash": "@squash"},
-            {"_target_": "medsam_peft.transforms.ScaleBoxd", "box_key": "box", "size_key": "image_original_size",
-             "size": "@image_size", "squash": "@squash"}]},
-        "dataset": {"_target_": "Dataset", "data": "$json.load(open(@datalist)) if @datalist else []",
+        # the training chain's own preprocessing (medsam_peft.transforms.sam_preprocessing), images only
+        "preprocessing": {"_target_": "Compose", "transforms": "$medsam_peft.transforms.sam_preprocessing(@image_size, "
+                          "@squash, None) + [medsam_peft.transforms.ScaleBoxd('box', 'image_original_size', "
+                          "@image_size, @squash)]"},
+        "dataset": {"_target_": "Dataset", "data": "$medsam_peft.data.load_requests(@datalist, "
+                    "medsam_peft.engines.prompt_keys(@prepare_batch), option='--datalist')",
                     "transform": "@preprocessing"},
         "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False,
                        "num_workers": 0},
@@ -73,14 +70,14 @@ def inference_config(run: dict[str, Any], image_size: int) -> dict[str, Any]:
         "inferer": {"_target_": "medsam_peft.engines.AutocastInferer", "dtype": "@precision"},
         "postprocessing": {"_target_": "Compose", "transforms": [
             {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
-            {"_target_": "medsam_peft.transforms.RestoreOriginalSized", "keys": "pred", "size": "@image_size",
-             "size_key": "image_original_size", "mode": "bilinear", "squash": "@squash"},
+            {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
+             "nearest_interp": False},
             {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5},
             {"_target_": "medsam_peft.transforms.SaveMaskd", "keys": "pred", "output_dir": "@output_dir"}]},
         "evaluator": {"_target_": "SupervisedEvaluator", "device": "@device", "val_data_loader": "@dataloader",
                       "network": "@network", "prepare_batch": "@prepare_batch", "inferer": "@inferer",
                       "postprocessing": "@postprocessing"},
-        "initialize": ["$monai.utils.set_determinism(seed=0)"],
+        "initialize": ["$len(@dataset#data)", "$monai.utils.set_determinism(seed=0)"],  # requests checked first
         "run": ["$@evaluator.run()"],
     }
 

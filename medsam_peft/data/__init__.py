@@ -1,6 +1,7 @@
 """Datasets turned into MONAI datalists (training / validation / test lists of {image, label})."""
 
 from medsam_peft.data.catalog import DATASETS, Archive, DatasetSpec, DatasetUnavailable, prepare_dataset
+from medsam_peft.data.colin27 import SUBCORTICAL, colin27_pairs, prepare_colin27_aal
 from medsam_peft.data.datalist import (
     CheckedCacheDataset,
     ensure_datalist,
@@ -8,7 +9,6 @@ from medsam_peft.data.datalist import (
     load_requests,
     read_datalist,
 )
-from medsam_peft.data.colin27 import SUBCORTICAL, colin27_pairs, prepare_colin27_aal
 from medsam_peft.data.volumes import prepare_invesalius_ct, read_invesalius_project, slice_cases, to_uint8
 
 __all__ = [

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from medsam_peft.data.volumes import slice_to_image, to_uint8
-from medsam_peft.transforms.volume import AXES, foreground_slices
+from medsam_peft.transforms.volume.array import AXES, foreground_slices
 from medsam_peft.utils.atomic_io import write_json_atomic
 
 DEFAULT_TEMPLATES_DIR = Path("/usr/share/mricron/templates")

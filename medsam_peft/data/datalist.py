@@ -102,7 +102,8 @@ def _box_problem(box: Any) -> str | None:
     return None
 
 
-def load_requests(path: str | os.PathLike | None, prompt_keys: Sequence[str] = ()) -> list[dict[str, Any]]:
+def load_requests(path: str | os.PathLike | None, prompt_keys: Sequence[str] = (),
+                  option: str = "--infer_datalist") -> list[dict[str, Any]]:
     """An inference request list (``[{"image": path[, "box": [x0, y0, x1, y1]][, "name": stem]}, ...]``, paths
     relative to the file's folder), checked as a whole before the first prediction: every entry has an existing
     image, the ``prompt_keys`` the model needs (``"box"`` for box-prompted models) with valid values, and a distinct
@@ -112,7 +113,7 @@ def load_requests(path: str | os.PathLike | None, prompt_keys: Sequence[str] = (
         DataError: naming the file and the first offending entry's index.
     """
     if path is None:
-        raise MissingFileError('inference needs --infer_datalist FILE.json: a list of {"image": path, "box": [x0, y0, '
+        raise MissingFileError(f'inference needs {option} FILE.json: a list of {{"image": path, "box": [x0, y0, '
                                'x1, y1]}')
     path = Path(path)
     if not path.is_file():

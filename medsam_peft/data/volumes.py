@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medsam_peft.transforms.io import LoadVolume
-from medsam_peft.transforms.volume import AXES, foreground_slices, write_nifti
+from medsam_peft.transforms.io.array import LoadVolume, write_nifti
+from medsam_peft.transforms.volume.array import AXES, foreground_slices
 from medsam_peft.utils.atomic_io import write_json_atomic
 
 logger = logging.getLogger(__name__)

@@ -20,8 +20,7 @@ from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from medsam_peft.label.predictor import BundleError, BundlePredictor, LabelRequestError
-from medsam_peft.transforms.io import is_volume_path
-from medsam_peft.transforms.volume import write_volume
+from medsam_peft.transforms.io.array import is_volume_path, write_volume
 
 logger = logging.getLogger(__name__)
 

@@ -20,11 +20,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 
-from medsam_peft.errors import MedsamPeftError
 from medsam_peft.data.volumes import image_to_slice, slice_to_image, to_uint8
-from medsam_peft.transforms.array import ResizeLongestSide, RestoreOriginalSize, ScaleIntensityByDtype
-from medsam_peft.transforms.io import ImageReadError, LoadImage2D, LoadVolume, is_volume_path
+from medsam_peft.errors import MedsamPeftError
+from medsam_peft.transforms.intensity.array import ScaleIntensityByDtype
+from medsam_peft.transforms.io.array import ImageReadError, LoadImage2D, LoadVolume, is_volume_path
+from medsam_peft.transforms.spatial.array import ResizeLongestSide, ScaleBox
 
 
 class LabelRequestError(MedsamPeftError, ValueError):
@@ -199,26 +201,28 @@ class BundlePredictor:
         tensor = torch.as_tensor(image, dtype=torch.float32)
         tensor = tensor[None].expand(3, -1, -1) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
         height, width = tensor.shape[1:]
+        # the training chain's resize-and-pad (recorded on the MetaTensor) and box mapping, inverted below
         resizer = ResizeLongestSide(self.image_size, "bilinear", self.squash)
-        new_h, new_w = resizer.scaled_size((height, width))
-        sx, sy = new_w / width, new_h / height
-        net_input = resizer(tensor)[None].to(self.device)
+        boxes = ScaleBox(self.image_size, self.squash)
+        net_input = resizer(MetaTensor(tensor))
+        model_input = net_input.as_tensor()[None].to(self.device)
         kwargs: dict[str, torch.Tensor] = {}
         if prompts.box is not None:
-            x0, y0, x1, y1 = prompts.box
-            kwargs["boxes"] = torch.tensor([[x0 * sx, y0 * sy, x1 * sx, y1 * sy]], device=self.device)
+            kwargs["boxes"] = boxes(prompts.box, (height, width))[None].to(self.device)
         if prompts.points:
+            sx, sy = boxes.scale_factors((height, width))
             kwargs["points"] = torch.tensor([[[x * sx, y * sy] for x, y in prompts.points]], device=self.device)
             kwargs["point_labels"] = torch.tensor([prompts.point_labels], device=self.device)
         from medsam_peft.engines import AutocastInferer
 
         with torch.no_grad():
-            logits = AutocastInferer(self.precision)(net_input, model, **kwargs)
+            logits = AutocastInferer(self.precision)(model_input, model, **kwargs)
         if isinstance(logits, dict):
             raise BundleError(f"model {self.name!r} is a multi-class (semantic) model; this server serves binary "
                               "masks only")
-        prob = torch.sigmoid(logits[0, :1].float().cpu())
-        restored = RestoreOriginalSize(self.image_size, "bilinear", self.squash)(prob, (height, width))[0]
+        prob = MetaTensor(torch.sigmoid(logits[0, :1].float().cpu()),
+                          applied_operations=list(net_input.applied_operations))
+        restored = resizer.inverse(prob).as_tensor()[0]
         return (restored.numpy() > self.threshold).astype(np.uint8)
 
     # ---- a request ----------------------------------------------------------------------------------------------

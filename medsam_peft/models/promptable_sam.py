@@ -55,9 +55,21 @@ class PromptableSam(nn.Module):
         self.backbone = backbone
         self.register_buffer("pixel_mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        # Set by ``TunedSam.enable_trunk_cache`` for tuners that leave the encoder trunk frozen.
+        # Set by ``enable_trunk_cache`` (through ``TunedSam.enable_trunk_cache``, which knows what its tuner adapts).
         self.trunk_cache: TrunkEmbeddingCache | None = None
         self.trunk_cache_split: str | None = None
+
+    def enable_trunk_cache(self, cache: TrunkEmbeddingCache, split: str) -> TrunkEmbeddingCache:
+        """Serve the frozen part of the image encoder from ``cache``: ``split="encoder"`` (all of it is frozen) or
+        ``"neck"`` (a ViT trunk frozen, its neck still runs and may train)."""
+        if split not in ("encoder", "neck"):
+            raise ValueError(f"trunk cache split must be 'encoder' or 'neck', got {split!r}")
+        cache.bind(self.image_encoder, split)
+        self.trunk_cache, self.trunk_cache_split = cache, split
+        return cache
+
+    def disable_trunk_cache(self) -> None:
+        self.trunk_cache = self.trunk_cache_split = None
 
     @property
     def image_size(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 from medsam_peft.errors import UnknownNameError
 
 

@@ -1,73 +1,89 @@
-"""MONAI-style transforms for SAM inputs: readers, resize/pad with exact inverse, box and point prompts from masks,
-3-D volumes to 2-D slices and back. 2-D files are scaled to [0, 1] by their pixel type's range (``ScaleIntensityByDtyped``); volumes use MONAI's own
-transforms (see README: CT windowing is
-``ScaleIntensityRanged(a_min=-500, a_max=1000, b_min=0, b_max=1, clip=True)``, MR percentile scaling is
-``ScaleIntensityRangePercentilesd(lower=0.5, upper=99.5, b_min=0, b_max=1, clip=True)``)."""
+"""MONAI-style transforms for SAM inputs, one area per folder with ``array.py`` (tensor in, tensor out) and
+``dictionary.py`` (the ``...d`` classes usable from bundle JSON), as ``monai.transforms``:
 
-from medsam_peft.transforms.array import (
-    BoxFromMask,
-    PointsFromMask,
-    ResizeLongestSide,
-    RestoreOriginalSize,
-    ScaleIntensityByDtype,
-    SemanticFromQueries,
-)
-from medsam_peft.transforms.dictionary import (
-    SemanticFromQueriesd,
-    RandBoxFromMaskd,
-    RandBoxFromMaskD,
-    RandBoxFromMaskDict,
-    RandPointsFromMaskd,
-    RandPointsFromMaskD,
-    RandPointsFromMaskDict,
-    ResizeLongestSided,
-    ResizeLongestSideD,
-    ResizeLongestSideDict,
-    RestoreOriginalSized,
-    RestoreOriginalSizeD,
-    RestoreOriginalSizeDict,
-    SaveMaskd,
-    SaveMaskD,
-    ScaleIntensityByDtyped,
+- ``io``: readers with errors naming the file (``LoadImage2D``, ``LoadMask2D``, ``LoadVolume`` / ``LoadImageMaskd``,
+  ``LoadVolumed``), writers (``SaveMask`` / ``SaveMaskd``, ``write_nifti``, ``write_volume``);
+- ``intensity``: ``ScaleIntensityByDtype[d]`` (2-D files by their pixel type's range; volumes use MONAI's own
+  ``ScaleIntensityRanged`` CT window or ``ScaleIntensityRangePercentilesd``, see the README);
+- ``spatial``: ``ResizeLongestSide[d]`` (invertible: ``Invertd`` restores predictions), ``RestoreOriginalSize[d]``,
+  ``ScaleBox[d]``;
+- ``prompts``: ``RandBoxFromMask[d]``, ``RandPointsFromMask[d]``;
+- ``volume``: ``SliceVolume[d]``, ``AssembleVolume``, ``foreground_slices``;
+- ``semantic``: ``SemanticFromQueries[d]``;
+- ``presets.sam_preprocessing``: the one 2-D preprocessing chain of training, evaluation, inference and serving.
+"""
+
+from medsam_peft.transforms.intensity.array import ScaleIntensityByDtype
+from medsam_peft.transforms.intensity.dictionary import (
     ScaleIntensityByDtypeD,
+    ScaleIntensityByDtyped,
     ScaleIntensityByDtypeDict,
-    SaveMaskDict,
-    ScaleBoxd,
-    ScaleBoxD,
-    ScaleBoxDict,
 )
-from medsam_peft.transforms.io import (
+from medsam_peft.transforms.io.array import (
+    IGNORE_LABEL,
+    INTENSITY_MAX_KEY,
+    MASK_MODES,
+    VOLUME_SUFFIXES,
     ImageReadError,
     LoadImage2D,
-    LoadImageMaskd,
-    LoadImageMaskD,
-    LoadImageMaskDict,
     LoadMask2D,
     LoadVolume,
-    LoadVolumed,
-    LoadVolumeD,
-    LoadVolumeDict,
+    MissingKeyError,
+    SaveMask,
+    is_volume_path,
     mask_from_array,
-)
-from medsam_peft.transforms.volume import (
-    AssembleVolume,
-    SliceVolumed,
-    SliceVolumeD,
-    SliceVolumeDict,
-    foreground_slices,
     write_nifti,
     write_volume,
 )
+from medsam_peft.transforms.io.dictionary import (
+    LoadImageMaskD,
+    LoadImageMaskd,
+    LoadImageMaskDict,
+    LoadVolumeD,
+    LoadVolumed,
+    LoadVolumeDict,
+    SaveMaskD,
+    SaveMaskd,
+    SaveMaskDict,
+)
+from medsam_peft.transforms.presets import sam_preprocessing
+from medsam_peft.transforms.prompts.array import BoxFromMask, PointsFromMask, RandBoxFromMask, RandPointsFromMask
+from medsam_peft.transforms.prompts.dictionary import (
+    RandBoxFromMaskD,
+    RandBoxFromMaskd,
+    RandBoxFromMaskDict,
+    RandPointsFromMaskD,
+    RandPointsFromMaskd,
+    RandPointsFromMaskDict,
+)
+from medsam_peft.transforms.semantic.array import SemanticFromQueries
+from medsam_peft.transforms.semantic.dictionary import SemanticFromQueriesd
+from medsam_peft.transforms.spatial.array import ResizeLongestSide, RestoreOriginalSize, ScaleBox
+from medsam_peft.transforms.spatial.dictionary import (
+    ORIGINAL_SIZE_SUFFIX,
+    ResizeLongestSideD,
+    ResizeLongestSided,
+    ResizeLongestSideDict,
+    RestoreOriginalSizeD,
+    RestoreOriginalSized,
+    RestoreOriginalSizeDict,
+    ScaleBoxD,
+    ScaleBoxd,
+    ScaleBoxDict,
+)
+from medsam_peft.transforms.volume.array import AXES, AssembleVolume, SliceVolume, foreground_slices
+from medsam_peft.transforms.volume.dictionary import SliceVolumeD, SliceVolumed, SliceVolumeDict
 
 __all__ = [
-    "SemanticFromQueries",
-    "SemanticFromQueriesd",
+    "AXES", "IGNORE_LABEL", "INTENSITY_MAX_KEY", "MASK_MODES", "ORIGINAL_SIZE_SUFFIX", "VOLUME_SUFFIXES",
     "AssembleVolume", "BoxFromMask", "ImageReadError", "LoadImage2D", "LoadImageMaskD", "LoadImageMaskDict",
-    "LoadImageMaskd", "LoadMask2D", "LoadVolume", "LoadVolumeD", "LoadVolumeDict", "LoadVolumed", "PointsFromMask",
-    "RandBoxFromMaskD", "RandBoxFromMaskDict", "RandBoxFromMaskd", "RandPointsFromMaskD", "RandPointsFromMaskDict",
-    "RandPointsFromMaskd", "ResizeLongestSide", "ResizeLongestSideD", "ResizeLongestSideDict", "ResizeLongestSided",
-    "RestoreOriginalSize", "RestoreOriginalSizeD", "RestoreOriginalSizeDict", "RestoreOriginalSized",
-    "SaveMaskD", "SaveMaskDict", "SaveMaskd", "ScaleIntensityByDtype", "ScaleIntensityByDtypeD",
-    "ScaleIntensityByDtypeDict", "ScaleIntensityByDtyped", "ScaleBoxD", "ScaleBoxDict", "ScaleBoxd",
-    "SliceVolumeD", "SliceVolumeDict", "SliceVolumed", "foreground_slices", "mask_from_array", "write_nifti", "write_volume",
+    "LoadImageMaskd", "LoadMask2D", "LoadVolume", "LoadVolumeD", "LoadVolumeDict", "LoadVolumed", "MissingKeyError",
+    "PointsFromMask", "RandBoxFromMask", "RandBoxFromMaskD", "RandBoxFromMaskDict", "RandBoxFromMaskd",
+    "RandPointsFromMask", "RandPointsFromMaskD", "RandPointsFromMaskDict", "RandPointsFromMaskd",
+    "ResizeLongestSide", "ResizeLongestSideD", "ResizeLongestSideDict", "ResizeLongestSided", "RestoreOriginalSize",
+    "RestoreOriginalSizeD", "RestoreOriginalSizeDict", "RestoreOriginalSized", "SaveMask", "SaveMaskD",
+    "SaveMaskDict", "SaveMaskd", "ScaleBox", "ScaleBoxD", "ScaleBoxDict", "ScaleBoxd", "ScaleIntensityByDtype",
+    "ScaleIntensityByDtypeD", "ScaleIntensityByDtypeDict", "ScaleIntensityByDtyped", "SemanticFromQueries",
+    "SemanticFromQueriesd", "SliceVolume", "SliceVolumeD", "SliceVolumeDict", "SliceVolumed", "foreground_slices",
+    "is_volume_path", "mask_from_array", "sam_preprocessing", "write_nifti", "write_volume",
 ]

@@ -16,9 +16,9 @@ import torch
 import torch.nn as nn
 from segment_anything.modeling.image_encoder import ImageEncoderViT
 
+from medsam_peft.errors import ConfigError
 from medsam_peft.models.embedding_cache import TrunkEmbeddingCache, cacheable_split
 from medsam_peft.models.promptable_sam import PromptableSam
-from medsam_peft.errors import ConfigError
 
 
 @dataclasses.dataclass
@@ -277,13 +277,10 @@ class TunedSam(nn.Module):
                 f"tuner {self.config.tuner_type!r} trains the image encoder's trunk, so its output changes every step "
                 f"and cannot be cached; use trunk_cache='off' (caching suits decoder_only and sam_parser on the neck)"
             )
-        cache = cache or TrunkEmbeddingCache()
-        cache.bind(self.model.image_encoder, split)
-        self.model.trunk_cache, self.model.trunk_cache_split = cache, split
-        return cache
+        return self.model.enable_trunk_cache(cache or TrunkEmbeddingCache(), split)
 
     def disable_trunk_cache(self) -> None:
-        self.model.trunk_cache = self.model.trunk_cache_split = None
+        self.model.disable_trunk_cache()
 
     # ---- merging ---------------------------------------------------------------------------------------------
     def merge_adapter(self) -> None:

@@ -6,9 +6,9 @@ import os
 from typing import Any
 
 import torch
-
 from segment_anything.modeling import ImageEncoderViT
 
+from medsam_peft.errors import ConfigError
 from medsam_peft.models.activation_checkpointing import set_activation_checkpointing
 from medsam_peft.models.attention import ATTENTION_BACKENDS, set_attention_backend
 from medsam_peft.models.build import build_sam
@@ -17,7 +17,6 @@ from medsam_peft.models.promptable_sam import PromptableSam
 from medsam_peft.tuners.adapter_io import load_adapter, read_adapter
 from medsam_peft.tuners.base import TunedSam, TunerConfig
 from medsam_peft.tuners.registry import get_tuner_classes, make_tuner_config
-from medsam_peft.errors import ConfigError
 
 
 def get_tuned_model(model: PromptableSam, tuner: str | dict[str, Any] | TunerConfig, **options: Any) -> TunedSam:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from medsam_peft.tuners.base import TunedSam, TunerConfig
 from medsam_peft.errors import ConfigError, UnknownNameError
+from medsam_peft.tuners.base import TunedSam, TunerConfig
 
 TUNERS: dict[str, tuple[type[TunerConfig], type[TunedSam]]] = {}
 

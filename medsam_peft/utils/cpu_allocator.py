@@ -18,6 +18,7 @@ import ctypes.util
 import logging
 
 import torch
+
 from medsam_peft.errors import ConfigError
 
 CPU_ALLOCATORS = ("reuse", "system")

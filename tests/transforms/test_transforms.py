@@ -31,6 +31,32 @@ def test_resize_pad_then_inverse_restores_real_masks_exactly(real_masks, size) -
         assert torch.equal(inverse(resized, mask.shape[-2:]), mask)
 
 
+@pytest.mark.parametrize("squash", [False, True])
+def test_invertd_restores_a_prediction_through_the_recorded_resize(real_masks, squash) -> None:
+    """ResizeLongestSided records the original size on the MetaTensor: MONAI's Invertd (as configs/evaluate.json
+    and configs/inference.json use it) brings a model-frame prediction back to the image's grid, equal to
+    RestoreOriginalSize, and a mask through nearest-exact back to itself."""
+    from monai.data import MetaTensor
+    from monai.transforms import Compose, Invertd
+
+    from medsam_peft.transforms import ResizeLongestSided
+
+    preprocessing = Compose([ResizeLongestSided(["image", "label"], 256, mode=["bilinear", "nearest-exact"],
+                                                squash=squash)])
+    for mask in real_masks[:3]:
+        image = MetaTensor(torch.rand(3, *mask.shape[-2:]))
+        sample = preprocessing({"image": image, "label": MetaTensor(mask.clone())})
+        assert sample["image"].shape == (3, 256, 256) and len(sample["image"].applied_operations) == 1
+        prob = torch.rand(1, 256, 256)
+        restored = Invertd(keys="pred", transform=preprocessing, orig_keys="image", nearest_interp=False)(
+            {**sample, "pred": MetaTensor(prob)})["pred"]  # the engines' predictions are MetaTensors
+        expected = RestoreOriginalSize(256, "bilinear", squash)(prob, mask.shape[-2:])
+        assert restored.shape == mask.shape and torch.allclose(restored.as_tensor(), expected)
+        label_back = Invertd(keys="label", transform=preprocessing, orig_keys="label", nearest_interp=False)(
+            sample)["label"]
+        assert torch.equal(label_back.as_tensor(), mask)
+
+
 def test_squash_resize_inverse() -> None:
     mask = torch.zeros(1, 40, 60)
     mask[0, 10:20, 5:50] = 1

@@ -3,41 +3,42 @@
 MONAI's ``LoadImage`` picks readers by suffix and reports decoding problems from deep inside PIL/ITK; these readers
 cover what the seed datasets hold (8/16-bit gray, RGB, RGBA, palette PNG/JPG/TIFF; NIfTI, MHA, NRRD, DICOM series)
 and return ``MetaTensor`` s whose ``meta`` keeps the file name and, for volumes, the affine and spacing.
+
+Array transforms and writers; the dictionary versions are in ``dictionary.py``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Hashable, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
-from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, Transform
+from monai.transforms import Transform
 
 from medsam_peft.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-MASK_MODES = ("binary", "multiclass")
-IGNORE_LABEL = 255
-INTENSITY_MAX_KEY = "intensity_max"
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
 
+MASK_MODES = ("binary", "multiclass")
+
+IGNORE_LABEL = 255
+
+INTENSITY_MAX_KEY = "intensity_max"
+
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
 
 class ImageReadError(DataError):
     """A file that cannot be used as given; the message names the file and the fix."""
-
 
 class MissingKeyError(DataError, KeyError):
     """A datalist entry lacks the image or label key (also a ``KeyError``)."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
-
 
 def _open_pil(path: Path) -> tuple[np.ndarray, float]:
     """The pixels of a 2-D image file and the largest value its pixel type can hold (255 for 8-bit, 65535 for
@@ -66,7 +67,6 @@ def _open_pil(path: Path) -> tuple[np.ndarray, float]:
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ImageReadError(f"{path}: unreadable or truncated image ({err}); re-export or re-download it") from err
 
-
 class LoadImage2D(Transform):
     """Read a 2-D image as a float (3, H, W) ``MetaTensor`` on its native scale (0-255 for 8-bit, 0-65535 for
     16-bit); ``meta["intensity_max"]`` holds the largest value of the file's pixel type.
@@ -90,7 +90,6 @@ class LoadImage2D(Transform):
             raise ImageReadError(f"{path}: contains NaN/Inf pixels; fix or drop the file")
         return MetaTensor(torch.from_numpy(np.ascontiguousarray(array)), meta={
             "filename_or_obj": str(path), "spatial_shape": array.shape[1:], INTENSITY_MAX_KEY: intensity_max})
-
 
 def mask_from_array(array: np.ndarray, mode: str, name: str, threshold: float | None = None) -> np.ndarray:
     """Validate and convert a mask array. ``binary``: values {0, 1} or {0, 255} (or any values with ``threshold``,
@@ -118,7 +117,6 @@ def mask_from_array(array: np.ndarray, mode: str, name: str, threshold: float | 
         "(e.g. 127 for JPEG-compressed masks) or use mode='multiclass'"
     )
 
-
 class LoadMask2D(Transform):
     """Read a 2-D mask as a (1, H, W) ``MetaTensor``: {0, 1} floats for ``binary``, integer ids for ``multiclass``."""
 
@@ -134,40 +132,9 @@ class LoadMask2D(Transform):
         tensor = tensor.float() if self.mode == "binary" else tensor
         return MetaTensor(tensor, meta={"filename_or_obj": str(path), "spatial_shape": mask.shape})
 
-
-class LoadImageMaskd(MapTransform):
-    """Read ``image_key`` with ``LoadImage2D`` and ``label_key`` with ``LoadMask2D``; a size mismatch raises,
-    naming both files (a silently resized mask would train on the wrong pixels)."""
-
-    def __init__(self, image_key: str = "image", label_key: str = "label", mode: str = "binary",
-                 threshold: float | None = None, allow_missing_label: bool = False) -> None:
-        super().__init__([image_key, label_key], allow_missing_keys=allow_missing_label)
-        self.image_key, self.label_key = image_key, label_key
-        self.load_image, self.load_mask = LoadImage2D(), LoadMask2D(mode, threshold)
-
-    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
-        d = dict(data)
-        entry = ", ".join(f"{k}={v!r}" for k, v in d.items() if isinstance(v, (str, int, float)))[:200]
-        if self.image_key not in d:
-            raise MissingKeyError(f"datalist entry has no {self.image_key!r} key ({entry})")
-        d[self.image_key] = self.load_image(d[self.image_key])
-        if self.label_key in d:
-            d[self.label_key] = self.load_mask(d[self.label_key])
-            image_hw, mask_hw = tuple(d[self.image_key].shape[-2:]), tuple(d[self.label_key].shape[-2:])
-            if image_hw != mask_hw:
-                raise ImageReadError(
-                    f"size mismatch: image {d[self.image_key].meta['filename_or_obj']} is {image_hw} but mask "
-                    f"{d[self.label_key].meta['filename_or_obj']} is {mask_hw}; they must be pixel-aligned"
-                )
-        elif not self.allow_missing_keys:
-            raise MissingKeyError(f"datalist entry has no {self.label_key!r} key ({entry})")
-        return d
-
-
 def is_volume_path(path: Path) -> bool:
     """A volume file (NIfTI, MHA/MHD, NRRD) or a folder (DICOM series) rather than a 2-D image."""
     return path.is_dir() or any(path.name.lower().endswith(s) for s in VOLUME_SUFFIXES)
-
 
 class LoadVolume(Transform):
     """Read a 3-D volume as a (1, X, Y, Z) float ``MetaTensor`` with ``affine`` (RAS, as nibabel) and ``spacing``.
@@ -234,28 +201,58 @@ class LoadVolume(Transform):
         return MetaTensor(torch.from_numpy(np.ascontiguousarray(array))[None], affine=torch.as_tensor(affine),
                           meta=meta)
 
+class SaveMask(Transform):
+    """Write a (1, H, W) (or (H, W)) mask thresholded at 0.5 as a {0, 255} PNG, atomically; returns the path."""
 
-class LoadVolumed(MapTransform):
-    """Dictionary version of ``LoadVolume``; image and label volumes must share their grid."""
+    def __call__(self, mask: torch.Tensor, path: str | os.PathLike) -> Path:
+        import io
 
-    def __init__(self, keys: KeysCollection, nan_to: float | None = None, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.loader = LoadVolume(nan_to)
+        from PIL import Image
 
-    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
-        d = dict(data)
-        loaded = []
-        for key in self.key_iterator(d):
-            d[key] = self.loader(d[key])
-            loaded.append(key)
-        for key in loaded[1:]:
-            if d[key].shape[1:] != d[loaded[0]].shape[1:]:
-                raise ImageReadError(
-                    f"size mismatch: {d[loaded[0]].meta['filename_or_obj']} is {tuple(d[loaded[0]].shape[1:])} but "
-                    f"{d[key].meta['filename_or_obj']} is {tuple(d[key].shape[1:])}; they must share one grid"
-                )
-        return d
+        from medsam_peft.utils.atomic_io import atomic_write_bytes
+
+        plane = torch.as_tensor(mask).detach().cpu().reshape(mask.shape[-2:]).numpy() > 0.5
+        buffer = io.BytesIO()
+        Image.fromarray((plane * 255).astype(np.uint8)).save(buffer, format="PNG")
+        return atomic_write_bytes(path, buffer.getvalue())
 
 
-LoadImageMaskD = LoadImageMaskDict = LoadImageMaskd
-LoadVolumeD = LoadVolumeDict = LoadVolumed
+def write_nifti(volume: torch.Tensor | np.ndarray, affine: torch.Tensor | np.ndarray, path: str | os.PathLike,
+                dtype: type = np.uint8) -> Path:
+    """Write a (X, Y, Z) or (1, X, Y, Z) volume as NIfTI with ``affine``, atomically (temp file + rename)."""
+    import nibabel as nib
+
+    array = np.asarray(torch.as_tensor(volume).detach().cpu())
+    array = array[0] if array.ndim == 4 else array
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.nii.gz" if path.name.endswith(".gz") else f".{path.name}.tmp.nii")
+    nib.save(nib.Nifti1Image(array.astype(dtype), np.asarray(torch.as_tensor(affine), dtype=np.float64)), str(tmp))
+    os.replace(tmp, path)
+    return path
+
+def write_volume(volume: torch.Tensor | np.ndarray, affine: torch.Tensor | np.ndarray, path: str | os.PathLike,
+                 dtype: type = np.uint8) -> Path:
+    """Write a (X, Y, Z) volume on the grid of ``affine`` (RAS, as nibabel) by the file's suffix: NIfTI through
+    ``write_nifti``; NRRD / MHA (what 3D Slicer and OHIF ask MONAI Label for) through SimpleITK, whose LPS
+    geometry is converted from the RAS affine. Atomic (temp file + rename)."""
+    path = Path(path)
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        return write_nifti(volume, affine, path, dtype)
+    if not path.name.lower().endswith((".nrrd", ".mha", ".mhd")):
+        raise ValueError(f"cannot write {path.name}: volume results are NIfTI (.nii, .nii.gz), NRRD (.nrrd) or MHA")
+    import SimpleITK as sitk
+
+    array = np.asarray(torch.as_tensor(volume).detach().cpu())
+    array = array[0] if array.ndim == 4 else array
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(torch.as_tensor(affine), dtype=np.float64)
+    spacing = np.sqrt((lps[:3, :3] ** 2).sum(axis=0))
+    image = sitk.GetImageFromArray(array.astype(dtype).transpose(2, 1, 0))  # (X, Y, Z) -> ITK's (z, y, x)
+    image.SetSpacing([float(v) for v in spacing])
+    image.SetOrigin([float(v) for v in lps[:3, 3]])
+    image.SetDirection([float(v) for v in (lps[:3, :3] / spacing).reshape(-1)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    sitk.WriteImage(image, str(tmp), True)
+    os.replace(tmp, path)
+    return path
