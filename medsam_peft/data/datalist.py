@@ -26,18 +26,23 @@ _EMPTY_LIST_CONSEQUENCE = {
 _SHOWN = 3
 
 
+def _read_json(path: Path, what: str, fix: str) -> Any:
+    """The JSON content of ``path``; a missing, unreadable or invalid file raises naming it as ``what``."""
+    if not path.is_file():
+        raise MissingFileError(f"{what} {path} does not exist")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{what} {path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); "
+                        f"{fix}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{what} {path} cannot be read ({err}); fix its permissions or write it again") from None
+
+
 def read_datalist(path: str | os.PathLike) -> dict[str, Any]:
     """The datalist file as a dict; a missing, unreadable or non-object file raises naming it."""
     path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"datalist {path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(f"datalist {path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); fix "
-                        "it or write it again with medsam-peft prepare") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"datalist {path} cannot be read ({err}); fix its permissions or write it again") from None
+    data = _read_json(path, "datalist", "fix it or write it again with medsam-peft prepare")
     if not isinstance(data, dict):
         raise DataError(f"datalist {path} must be a JSON object with 'training'/'validation' lists, got a "
                         f"{type(data).__name__}")
@@ -116,12 +121,7 @@ def load_requests(path: str | os.PathLike | None, prompt_keys: Sequence[str] = (
         raise MissingFileError(f'inference needs {option} FILE.json: a list of {{"image": path, "box": [x0, y0, '
                                'x1, y1]}')
     path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"request list {path} does not exist")
-    try:
-        entries = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(f"request list {path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+    entries = _read_json(path, "request list", "fix it")
     if not isinstance(entries, list) or not entries:
         raise DataError(f"request list {path} must be a non-empty JSON list of {{\"image\": path, ...}} entries")
     resolved, names = [], {}
