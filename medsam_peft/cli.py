@@ -9,7 +9,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from medsam_peft.benchmark import BASELINE_TUNER  # standard library only: keeps the CLI's start-up light
+from medsam_peft.benchmark import (
+    BASELINE_TUNER,  # standard library only: keeps the CLI's start-up light
+)
 from medsam_peft.errors import ConfigError, MedsamPeftError
 
 
@@ -39,7 +41,8 @@ def cmd_params(args: argparse.Namespace) -> int:
         options["r"] = args.rank
     # The meta device builds the structure without allocating weights: ViT-H counts in a second.
     model = build_tuned_sam(args.backbone, None, args.tuner, image_size=args.image_size, device="meta",
-                            tuner_options=options)
+                            tuner_options=options, mask_tokens=_parse_value(args.mask_tokens),
+                            num_classes=args.num_classes)
     report = model.parameter_report()
     if args.json:
         print(json.dumps(report, indent=2))
@@ -55,7 +58,12 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from medsam_peft.data import DATASETS, prepare_colin27_aal, prepare_dataset, prepare_invesalius_ct
+    from medsam_peft.data import (
+        DATASETS,
+        prepare_colin27_aal,
+        prepare_dataset,
+        prepare_invesalius_ct,
+    )
 
     if args.name == "colin27_aal":
         structures = tuple(int(s) for s in args.structures.split(",")) if args.structures else None
@@ -97,7 +105,13 @@ def _mergeable(backbone: str, tuner: str) -> bool:
 def cmd_bench(args: argparse.Namespace) -> int:
     from itertools import product
 
-    from medsam_peft.benchmark import BenchCase, add_ratios, format_table, merge_rounds, run_case
+    from medsam_peft.benchmark import (
+        BenchCase,
+        add_ratios,
+        format_table,
+        merge_rounds,
+        run_case,
+    )
 
     cases = []
     for backbone, size, dtype, batch, mode, tuner, attention, checkpointing, cache, allocator in product(
@@ -140,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     params.add_argument("--image-size", type=int, default=None)
     params.add_argument("--rank", type=int, default=None, help="shortcut for --option r=N")
     params.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="tuner option")
+    params.add_argument("--mask-tokens", default="reference",
+                        help="decoder mask tokens: 'reference' (the tuner paper's decoder), null (SAM's four) or N")
+    params.add_argument("--num-classes", type=int, default=None, help="multi-class decoder with N classes")
     params.add_argument("--json", action="store_true")
     params.set_defaults(func=cmd_params)
 

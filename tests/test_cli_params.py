@@ -51,7 +51,7 @@ BASELINES = [
     ("vit_b", "adapter", 4314.7 * 1024, 2 * 12 * (2 * 768 * 9 + 9 + 768) + FULL_DEC),  # --option bottleneck=9
 ]
 # The SAM-PARSER paper's baselines train SAM's whole decoder (its "3963.2K"): four mask tokens, IoU head included.
-SAM_PARSER_SETTING = ["--option", "mask_tokens=null", "--option", "frozen_modules=[]"]
+SAM_PARSER_SETTING = ["--mask-tokens", "null", "--option", "frozen_modules=[]"]
 
 
 @pytest.mark.parametrize("backbone, tuner, paper, exact", BASELINES, ids=[f"{b}-{t}" for b, t, *_ in BASELINES])

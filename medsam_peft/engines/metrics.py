@@ -17,6 +17,11 @@ from ignite.exceptions import NotComputableError
 from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 
+from medsam_peft.utils.distributed import gather_rows, world_size
+
+# The per-image results each PySODMetrics object accumulates (gathered over the ranks of a sharded evaluation).
+SOD_PER_IMAGE = {"sm": (("sms", 1),), "em": (("adaptive_ems", 1), ("changeable_ems", 256)),
+                 "wfm": (("weighted_fms", 1),), "mae": (("maes", 1),)}  # (attribute, values per image)
 SOD_METRICS = {
     "sm": (py_sod_metrics.Smeasure, lambda r: r["sm"]),
     "em": (py_sod_metrics.Emeasure, lambda r: r["em"]["curve"].mean()),  # mean E over the 256 thresholds
@@ -57,6 +62,18 @@ class SodMetric(Metric):
             self._count += 1
 
     def compute(self) -> float:
+        if world_size() > 1:  # each rank scored its shard: pool the per-image results, then reduce as one process
+            fields = SOD_PER_IMAGE[self.kind]
+            local = np.concatenate([np.reshape(np.asarray(getattr(self._measure, f), dtype=np.float64), (self._count, w))
+                                    for f, w in fields], axis=1)
+            pooled = gather_rows(local)
+            if pooled.shape[0] == 0:
+                raise NotComputableError(f"SodMetric({self.kind}) needs at least one image")
+            measure, start = SOD_METRICS[self.kind][0](), 0
+            for field, width in fields:
+                setattr(measure, field, list(pooled[:, start:start + width]) if width > 1 else list(pooled[:, start]))
+                start += width
+            return float(SOD_METRICS[self.kind][1](measure.get_results()))
         if self._count == 0:
             raise NotComputableError(f"SodMetric({self.kind}) needs at least one image")
         return float(SOD_METRICS[self.kind][1](self._measure.get_results()))
@@ -95,13 +112,13 @@ class BalancedErrorRate(Metric):
                 accuracies.append(tn / neg if neg else 0.0)
             self._per_image.append(1.0 - float(np.mean(accuracies)))
 
-    @sync_all_reduce("_counts")
     def compute(self) -> float:
-        if not self._per_image:
+        per_image = gather_rows(self._per_image)  # every rank's images of a sharded evaluation
+        if per_image.size == 0:
             raise NotComputableError("BalancedErrorRate needs at least one image")
         if self.per_image:
-            return float(np.mean(self._per_image))
-        tp, tn, pos, neg = self._counts
+            return float(np.mean(per_image))
+        tp, tn, pos, neg = gather_rows(self._counts[None]).sum(0)
         return 1.0 - 0.5 * ((tp / pos if pos else 0.0) + (tn / neg if neg else 0.0))
 
 
@@ -152,6 +169,7 @@ class SemanticSegmentationMetric(Metric):
         union = self.confusion.sum(0) + self.confusion.sum(1) - intersection
         return intersection / (union + 2.220446049250313e-16)
 
+    @sync_all_reduce("confusion")
     def compute(self) -> float:
         if self.confusion.sum() == 0:
             raise NotComputableError("SemanticSegmentationMetric needs at least one labelled pixel")

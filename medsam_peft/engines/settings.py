@@ -103,11 +103,23 @@ def _precision(key: str, value: Any) -> None:
     one_of("auto", "bfloat16", "float16", "float32", None)(key, value)
 
 
+def _mask_tokens(key: str, value: Any) -> None:
+    if value is not None and value != "reference" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        _fail(key, "'reference' (the tuner paper's decoder), null (SAM's four tokens) or an integer >= 1", value)
+
+
+def _num_classes(key: str, value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 2):
+        _fail(key, "null (binary masks) or the number of classes counting the background, an integer >= 2", value)
+
+
 SETTINGS: dict[str, Check] = {
     "backbone": _backbone,
     "checkpoint": text(optional=True, nonempty=False),
     "tuner": _tuner,
     "tuner_options": mapping,
+    "mask_tokens": _mask_tokens,
+    "num_classes": _num_classes,
     "image_size": integer(16),
     "squash": boolean,
     "max_epochs": integer(1),
@@ -121,6 +133,7 @@ SETTINGS: dict[str, Check] = {
     "activation_checkpointing": boolean,
     "attention": one_of("auto", "eager", "sdpa", "chunked"),
     "cpu_allocator": one_of("reuse", "system"),
+    "distributed": boolean,
     "train_box_jitter": integer(0),
     "mask_threshold": number(optional=True),
     "early_stop_patience": integer(0),
@@ -148,6 +161,23 @@ def _check_tuner_options(settings: Mapping[str, Any]) -> None:
         make_tuner_config(settings["tuner"], **dict(settings.get("tuner_options") or {}))
     except (ConfigError, TypeError) as err:
         raise ConfigError(f"setting 'tuner_options' for tuner {settings['tuner']!r}: {err}") from None
+
+
+def _check_decoder_shape(settings: Mapping[str, Any]) -> None:
+    """num_classes needs explicit query tokens: checked here so a bad pair fails before the model is built."""
+    tokens, classes = settings.get("mask_tokens"), settings.get("num_classes")
+    if classes is None or tokens == "reference" and "tuner" not in settings:
+        return
+    if tokens == "reference":
+        from medsam_peft.tuners.registry import get_tuner_classes
+
+        tokens = get_tuner_classes(settings["tuner"])[0].reference_mask_tokens
+    from medsam_peft.models.promptable_sam import check_decoder_shape
+
+    try:
+        check_decoder_shape(tokens, classes)
+    except ConfigError as err:
+        raise ConfigError(f"settings 'mask_tokens' / 'num_classes': {err}") from None
 
 
 def _check_image_size(settings: Mapping[str, Any]) -> None:
@@ -251,6 +281,7 @@ def check_settings(settings: Mapping[str, Any], argv: list[str] | None = None) -
     _check_image_size(settings)
     _check_checkpoint(settings)
     _check_tuner_options(settings)
+    _check_decoder_shape(settings)
 
 
 __all__ = ["SETTINGS", "check_overrides", "check_settings", "command_line_overrides"]

@@ -10,6 +10,7 @@ from typing import Any
 import torch.nn as nn
 
 from medsam_peft.tuners.base import TunedSam
+from medsam_peft.utils.distributed import is_main_process
 
 _NO_DECAY_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d)
 
@@ -45,6 +46,8 @@ def write_parameter_report(network: TunedSam, path: str | os.PathLike, **run_con
     """
     report = network.parameter_report()
     path = Path(path)
+    if not is_main_process():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1))
     if run_config:

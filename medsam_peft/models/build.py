@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from medsam_peft.errors import ConfigError, MissingFileError
 from medsam_peft.models.checkpoint import load_checkpoint_into
-from medsam_peft.models.promptable_sam import PromptableSam
+from medsam_peft.models.promptable_sam import PromptableSam, check_decoder_shape
 from medsam_peft.models.registry import BackboneSpec, get_backbone_spec
 from medsam_peft.utils.download import default_cache_dir, download_file
 
@@ -111,6 +111,8 @@ def build_sam(
     image_size: int | None = None,
     device: str | torch.device | None = None,
     cache_dir: str | None = None,
+    mask_tokens: int | None = None,
+    num_classes: int | None = None,
 ) -> PromptableSam:
     """Build a SAM-family model; random initialisation when ``checkpoint`` is None.
 
@@ -121,6 +123,8 @@ def build_sam(
             positional embeddings of a checkpoint trained at another size are interpolated on load.
         device: where to allocate; ``"meta"`` builds the structure without allocating weights (for counting).
         cache_dir: where release checkpoints are downloaded.
+        mask_tokens, num_classes: the decoder shape (``PromptableSam.set_decoder_shape``), applied after the
+            checkpoint is loaded so that new tokens start from the pretrained token 0. The defaults keep SAM's decoder.
     """
     from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 
@@ -132,6 +136,7 @@ def build_sam(
         raise ConfigError(f"image_size must be a multiple of {spec.patch_size} for {backbone}, got {size}")
     if str(device) == "meta" and checkpoint is not None:
         raise ValueError("a checkpoint cannot be loaded into a model built on the meta device")
+    check_decoder_shape(mask_tokens, num_classes)  # before a checkpoint download or load
     path = resolve_checkpoint(backbone, checkpoint, cache_dir)
     grid = size // spec.patch_size
     with torch.device(device if device is not None else "cpu"):
@@ -158,4 +163,5 @@ def build_sam(
         )
     if path is not None:
         load_checkpoint_into(model, path, backbone)
+    model.set_decoder_shape(mask_tokens, num_classes)
     return model.eval()

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from medsam_peft.errors import ConfigError
 from medsam_peft.models.embedding_cache import TrunkEmbeddingCache, vit_neck, vit_trunk
 
 # SAM's pixel statistics are given on the 0-255 scale; our inputs are in [0, 1].
@@ -218,6 +219,26 @@ class PromptableSam(nn.Module):
             return {"masks": masks, "classes": classes}
         return self.forward_with_low_res(image, boxes, points, point_labels)[0]
 
+    def set_decoder_shape(self, mask_tokens: int | None = None, num_classes: int | None = None) -> None:
+        """Shape the mask decoder for a task before tuning: a structural choice of the model, not of any tuner.
+
+        Args:
+            mask_tokens: mask tokens (and hypernetwork MLPs) to keep, each initialised from the pretrained token 0;
+                ``None`` keeps SAM's four (multimask output). The Conv-LoRA reference decodes a binary task with 1.
+            num_classes: classes including the background for multi-class semantic segmentation: the decoder
+                becomes ``mask_tokens`` class-agnostic queries with a class head (``set_semantic_queries``).
+        """
+        check_decoder_shape(mask_tokens, num_classes)
+        if num_classes is not None:
+            self.set_semantic_queries(int(mask_tokens), int(num_classes))  # type: ignore[arg-type]
+        elif mask_tokens is not None:
+            self.set_mask_tokens(int(mask_tokens))
+
+    @property
+    def decoder_shape(self) -> dict[str, int | None]:
+        """What ``set_decoder_shape`` made of this decoder, as adapter files record it."""
+        return {"mask_tokens": self.num_mask_tokens, "num_classes": self.num_classes}
+
     def set_semantic_queries(self, num_queries: int, num_classes: int) -> None:
         """Switch to the Conv-LoRA multi-class decoder (MaskFormer-style set prediction on SAM's decoder).
 
@@ -262,3 +283,20 @@ class PromptableSam(nn.Module):
         decoder.mask_tokens = tokens
         decoder.output_hypernetworks_mlps = nn.ModuleList(mlps)
         decoder.num_mask_tokens = num_tokens
+
+
+def check_decoder_shape(mask_tokens: int | None, num_classes: int | None) -> None:
+    """Raise ``ConfigError`` naming the setting when ``mask_tokens`` / ``num_classes`` cannot shape a decoder."""
+    for key, value in (("mask_tokens", mask_tokens), ("num_classes", num_classes)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{key} must be an integer or null, got {value!r}")
+    if mask_tokens is not None and mask_tokens < 1:
+        raise ConfigError(f"mask_tokens must be >= 1 or null (SAM's four), got {mask_tokens}")
+    if num_classes is not None:
+        if num_classes < 2:
+            raise ConfigError(f"num_classes counts the background and must be >= 2, got {num_classes}")
+        if mask_tokens is None or mask_tokens < 2:
+            raise ConfigError(
+                f"num_classes={num_classes} needs mask_tokens = the number of queries, at least the most classes one "
+                f"image holds (the Conv-LoRA reference uses 10); got mask_tokens={mask_tokens}"
+            )

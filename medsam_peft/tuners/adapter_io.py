@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from medsam_peft.errors import MedsamPeftError
-from medsam_peft.tuners.base import TunedSam
+from medsam_peft.tuners.base import DECODER_SHAPE_KEYS, TunedSam
 from medsam_peft.utils.atomic_io import atomic_torch_save
 from medsam_peft.version import __version__
 
@@ -59,8 +59,25 @@ def adapter_metadata(model: TunedSam) -> dict[str, Any]:
         "options": model.config.to_dict(),
         "backbone": model.model.backbone,
         "image_size": model.model.image_size,
+        "decoder": model.model.decoder_shape,
         "medsam_peft_version": __version__,
     }
+
+
+def decoder_shape_of(meta: dict[str, Any]) -> dict[str, int | None]:
+    """The decoder an adapter was trained with. Files from before the shape became a model option (0.x, no
+    ``decoder`` entry) kept it in the tuner options (always written there), a null ``mask_tokens`` meaning SAM's
+    four (every backbone's decoder has four)."""
+    if isinstance(meta.get("decoder"), dict):
+        return {"mask_tokens": meta["decoder"].get("mask_tokens"), "num_classes": meta["decoder"].get("num_classes")}
+    options = meta.get("options", {})
+    tokens = options.get("mask_tokens")
+    return {"mask_tokens": 4 if tokens is None else int(tokens), "num_classes": options.get("num_classes")}
+
+
+def tuner_options_of(meta: dict[str, Any]) -> dict[str, Any]:
+    """The tuner options of an adapter file, without the decoder-shape keys older files kept there."""
+    return {k: v for k, v in meta.get("options", {}).items() if k not in DECODER_SHAPE_KEYS}
 
 
 def save_adapter(model: TunedSam, path: str | os.PathLike) -> Path:
@@ -107,10 +124,14 @@ def apply_adapter_state(model: TunedSam, meta: dict[str, Any], state: dict[str, 
         problems.append(f"tuner {meta.get('tuner')!r} in the file vs {model.config.tuner_type!r} in the model")
     if meta.get("backbone") != model.model.backbone:
         problems.append(f"backbone {meta.get('backbone')!r} in the file vs {model.model.backbone!r} in the model")
-    theirs, ours = meta.get("options", {}), model.config.to_dict()
+    theirs, ours = tuner_options_of(meta), model.config.to_dict()
     differing = sorted(k for k in set(theirs) | set(ours) if k != "init_weights" and theirs.get(k) != ours.get(k))
     if differing:
         problems.append("options differ: " + ", ".join(f"{k}={theirs.get(k)!r} (model: {ours.get(k)!r})" for k in differing))
+    their_decoder, our_decoder = decoder_shape_of(meta), model.model.decoder_shape
+    if their_decoder != our_decoder:
+        problems.append(f"decoder {their_decoder} in the file vs {our_decoder} in the model (build it with these "
+                        "mask_tokens / num_classes, or use load_tuned_sam, which reads them from the file)")
     expected = {n: p for n, p in model.model.named_parameters() if p.requires_grad}
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing:

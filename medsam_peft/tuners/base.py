@@ -20,6 +20,9 @@ from medsam_peft.errors import ConfigError
 from medsam_peft.models.embedding_cache import TrunkEmbeddingCache, cacheable_split
 from medsam_peft.models.promptable_sam import PromptableSam
 
+# Tuner options of files written before the decoder shape became a model option (read by adapter_io).
+DECODER_SHAPE_KEYS = ("mask_tokens", "num_classes")
+
 
 @dataclasses.dataclass
 class TunerConfig:
@@ -31,26 +34,26 @@ class TunerConfig:
         exclude_modules: regular expression of qualified names never adapted, even when targeted.
         trainable_modules: regular expressions of modules trained in full (PEFT's ``modules_to_save``).
         frozen_modules: regular expressions of modules kept frozen even inside ``trainable_modules``.
-        mask_tokens: number of decoder mask tokens (``None`` keeps SAM's four). The Conv-LoRA reference decodes a
-            binary task with a single mask token and one hypernetwork MLP (see ``PromptableSam.set_mask_tokens``).
         init_weights: start as the identity (True) or with random adapter weights (False, for tests).
-        num_classes: classes including the background for multi-class semantic segmentation (Conv-LoRA's Trans10K
-            setting): the decoder becomes ``mask_tokens`` class-agnostic queries with a class head (see
-            ``PromptableSam.set_semantic_queries``); ``None`` keeps the binary mask decoder.
+
+    The decoder's shape (mask tokens, classes) is the model's, not the tuner's: ``build_sam(mask_tokens=...,
+    num_classes=...)`` / the bundles' top-level ``mask_tokens`` and ``num_classes``. ``reference_mask_tokens`` only
+    records the decoder the tuner's paper pairs it with, used where the caller asks for ``mask_tokens="reference"``.
     """
 
     target_modules: str | None = None
     exclude_modules: str | None = None
     trainable_modules: tuple[str, ...] = ("mask_decoder",)
     frozen_modules: tuple[str, ...] = ("mask_decoder.iou_prediction_head",)
-    mask_tokens: int | None = 1
     init_weights: bool = True
-    num_classes: int | None = None
 
     tuner_type: ClassVar[str] = ""
     default_target_modules: ClassVar[str | None] = None
     # Tuners that rely on ImageEncoderViT's uniform width, token grid or block list (VPT, LST, SAM-Adapter, FacT).
     requires_vit_encoder: ClassVar[bool] = False
+    # The Conv-LoRA paper's binary decoder: one mask token, one hypernetwork MLP (its parameter counts assume it);
+    # None = SAM's four tokens, as SAM-PARSER's paper counts.
+    reference_mask_tokens: ClassVar[int | None] = 1
 
     def __post_init__(self) -> None:
         self.trainable_modules = tuple(self.trainable_modules)
@@ -66,16 +69,6 @@ class TunerConfig:
         for field in ("trainable_modules", "frozen_modules"):
             for pattern in getattr(self, field):
                 compile_pattern(pattern, field)
-        if self.mask_tokens is not None and int(self.mask_tokens) < 1:
-            raise ConfigError(f"mask_tokens must be >= 1 or None, got {self.mask_tokens}")
-        if self.num_classes is not None:
-            if int(self.num_classes) < 2:
-                raise ConfigError(f"num_classes counts the background and must be >= 2, got {self.num_classes}")
-            if self.mask_tokens is None or int(self.mask_tokens) < 2:
-                raise ConfigError(
-                    f"num_classes={self.num_classes} needs mask_tokens = the number of queries, at least the most "
-                    f"classes one image holds (the Conv-LoRA reference uses 10); got mask_tokens={self.mask_tokens}"
-                )
 
     def require_positive_ints(self, *fields: str) -> None:
         """Raise ``ValueError`` naming the first of ``fields`` that is not a positive integer."""
@@ -103,6 +96,12 @@ class TunerConfig:
     def from_dict(cls, options: dict[str, Any]) -> TunerConfig:
         options = {k: v for k, v in options.items() if k != "tuner"}
         known = {f.name for f in dataclasses.fields(cls)}
+        moved = sorted(set(options) & set(DECODER_SHAPE_KEYS))
+        if moved:
+            raise ConfigError(
+                f"{moved[0]} is not a tuner option: the decoder's shape belongs to the model; set the top-level "
+                f"setting '{moved[0]}' (--{moved[0]} N on the bundle command line) or build_tuned_sam({moved[0]}=...)"
+            )
         unknown = sorted(set(options) - known)
         if unknown:
             raise ConfigError(f"unknown option(s) {unknown} for tuner {cls.tuner_type!r}; known: {sorted(known)}")
@@ -179,10 +178,6 @@ class TunedSam(nn.Module):
             )
         self.model = model
         self.config = config
-        if config.num_classes is not None:
-            model.set_semantic_queries(int(config.mask_tokens), int(config.num_classes))
-        elif config.mask_tokens is not None:
-            model.set_mask_tokens(int(config.mask_tokens))
         self.targeted_module_names = self._inject()
         self._mark_trainable()
 

@@ -14,7 +14,12 @@ from medsam_peft.models.attention import ATTENTION_BACKENDS, set_attention_backe
 from medsam_peft.models.build import build_sam
 from medsam_peft.models.embedding_cache import TrunkEmbeddingCache
 from medsam_peft.models.promptable_sam import PromptableSam
-from medsam_peft.tuners.adapter_io import load_adapter, read_adapter
+from medsam_peft.tuners.adapter_io import (
+    decoder_shape_of,
+    load_adapter,
+    read_adapter,
+    tuner_options_of,
+)
 from medsam_peft.tuners.base import TunedSam, TunerConfig
 from medsam_peft.tuners.registry import get_tuner_classes, make_tuner_config
 
@@ -39,11 +44,19 @@ def build_tuned_sam(
     trunk_cache_gib: float = 2.0,
     activation_checkpointing: bool = False,
     attention: str = "auto",
+    mask_tokens: int | None | str = "reference",
+    num_classes: int | None = None,
 ) -> TunedSam:
     """Build ``backbone`` (from ``checkpoint``), apply ``tuner`` and optionally load an adapter file.
 
     This is the ``network_def`` target of every training bundle: the returned model is already tuned, so a
     bundle's checkpoint only needs the trainable tensors.
+
+    Decoder shape (the model's, applied before the tuner):
+        mask_tokens: mask tokens to keep (``None``: SAM's four; ``"reference"``: the decoder the tuner's paper
+            counts with, ``TunerConfig.reference_mask_tokens``: 1 for Conv-LoRA and its baselines, SAM's four for
+            SAM-PARSER, FacT and full fine-tuning).
+        num_classes: classes with the background for the multi-class decoder (needs ``mask_tokens`` queries).
 
     Fast paths (README "Performance"):
         trunk_cache: "off"; "auto" (in-memory cache when the tuner leaves the encoder trunk frozen, else off);
@@ -55,8 +68,14 @@ def build_tuned_sam(
             512² inputs; windowed attention through SDPA for inference and the official code in training: see
             models/attention.py).
     """
-    model = build_sam(backbone, checkpoint, image_size=image_size, device=device)
-    tuned = get_tuned_model(model, tuner, **(tuner_options or {}))
+    config = make_tuner_config(tuner, **(tuner_options or {}))
+    if mask_tokens == "reference":
+        mask_tokens = config.reference_mask_tokens
+    elif isinstance(mask_tokens, str):
+        raise ConfigError(f"mask_tokens must be an integer, null (SAM's four) or 'reference', got {mask_tokens!r}")
+    model = build_sam(backbone, checkpoint, image_size=image_size, device=device, mask_tokens=mask_tokens,
+                      num_classes=num_classes)
+    tuned = get_tuned_model(model, config)
     if adapter is not None:
         load_adapter(tuned, adapter)
     if attention not in ATTENTION_BACKENDS:
@@ -77,6 +96,8 @@ def load_tuned_sam(
 ) -> TunedSam:
     """Rebuild a tuned model from an adapter file: backbone, image size and tuner options come from its metadata."""
     meta = read_adapter(adapter)["metadata"]
+    shape = decoder_shape_of(meta)
     return build_tuned_sam(
-        meta["backbone"], checkpoint, meta["options"], image_size=meta["image_size"], adapter=adapter, device=device
+        meta["backbone"], checkpoint, tuner_options_of(meta), image_size=meta["image_size"], adapter=adapter,
+        device=device, mask_tokens=shape["mask_tokens"], num_classes=shape["num_classes"],
     )

@@ -40,6 +40,10 @@ SETTINGS = [
     ({"weight_decay": "-1"}, ["'weight_decay'", ">= 0.0"]),
     ({"num_workers": "-2"}, ["'num_workers'", "integer >= 0"]),
     ({"train_box_jitter": "ten"}, ["'train_box_jitter'", "'ten'"]),
+    ({"mask_tokens": "0"}, ["'mask_tokens'", "'reference'", "null (SAM's four tokens)"]),
+    ({"num_classes": "5"}, ["'mask_tokens' / 'num_classes'", "needs mask_tokens = the number of queries"]),
+    ({"tuner_options": '{"mask_tokens": 1}'}, ["'tuner_options'", "mask_tokens is not a tuner option",
+                                               "--mask_tokens N"]),
 ]
 
 

@@ -20,7 +20,11 @@ from sklearn.metrics import confusion_matrix
 from medsam_peft.cli import main
 from medsam_peft.data import prepare_colin27_aal, prepare_dataset
 from medsam_peft.data.catalog import DatasetUnavailable
-from medsam_peft.engines import AutocastInferer, MaskClassificationLoss, SemanticSegmentationMetric
+from medsam_peft.engines import (
+    AutocastInferer,
+    MaskClassificationLoss,
+    SemanticSegmentationMetric,
+)
 from medsam_peft.models import build_sam, set_attention_backend
 from medsam_peft.transforms import SemanticFromQueries
 from medsam_peft.tuners import get_tuned_model, load_tuned_sam, save_adapter
@@ -31,13 +35,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _semantic(seed: int = 0, queries: int = 4, classes: int = 3):
     torch.manual_seed(seed)
-    return get_tuned_model(build_sam("vit_tiny"), "conv_lora", mask_tokens=queries, num_classes=classes,
+    return get_tuned_model(build_sam("vit_tiny", mask_tokens=queries, num_classes=classes), "conv_lora",
                            init_weights=False)
 
 
 def test_vit_h_count_adds_queries_and_class_head_as_the_reference(capsys) -> None:
-    main(["params", "--backbone", "vit_h", "--tuner", "conv_lora", "--option", "mask_tokens=10",
-          "--option", "num_classes=12", "--json"])
+    main(["params", "--backbone", "vit_h", "--tuner", "conv_lora", "--mask-tokens", "10",
+          "--num-classes", "12", "--json"])
     report = json.loads(capsys.readouterr().out)
     assert report["trainable"] == 4_020_096 + (10 - 1) * 256 + 257 * (12 + 1)  # peft-methods.md section 2.8
 
@@ -182,11 +186,11 @@ def test_trans10k_bundle_on_real_aal_structures_as_classes(tmp_path, monkeypatch
     monkeypatch.chdir(REPO)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     out = tmp_path / "run"
-    options = {"r": 3, "mask_tokens": 6, "num_classes": 5}
+    options = {"r": 3}
     workflow = ConfigWorkflow(
         config_file=str(REPO / "bundles" / "conv_lora_trans10k.json"), workflow_type="train", bundle_root=str(REPO),
         dataset_dir=str(data), output_dir=str(out), backbone="lite_medsam", checkpoint="bundled", image_size=256,
-        squash=False, tuner_options=options, max_epochs=1, batch_size=2, accumulation_steps=1, num_workers=0,
+        squash=False, tuner_options=options, mask_tokens=6, num_classes=5, max_epochs=1, batch_size=2, accumulation_steps=1, num_workers=0,
         train_augmentation=[], learning_rate=1e-3, tracking_uri=f"sqlite:///{out / 'mlruns.db'}",
         experiment_name="semantic")
     workflow.initialize()

@@ -8,13 +8,16 @@ import re
 import pytest
 import torch
 
+from medsam_peft.errors import ConfigError
 from medsam_peft.models import PromptableSam, build_sam
 from medsam_peft.tuners import (
     AdapterLoadError,
     BaseTunerLayer,
+    build_tuned_sam,
     get_tuned_model,
     list_tuners,
     load_adapter,
+    load_tuned_sam,
     make_tuner_config,
     read_adapter,
     save_adapter,
@@ -63,9 +66,11 @@ def test_every_registered_tuner_has_a_case() -> None:
     assert {case[1] for case in TUNER_CASES} == set(list_tuners())
 
 
-def _base(seed: int = 1) -> PromptableSam:
+def _base(seed: int = 1, tuner: str | None = None) -> PromptableSam:
+    """vit_tiny with the decoder the tuner's paper pairs it with (SAM's own with ``tuner=None``)."""
     torch.manual_seed(seed)
-    return build_sam("vit_tiny")
+    tokens = None if tuner is None else make_tuner_config(tuner).reference_mask_tokens
+    return build_sam("vit_tiny", mask_tokens=tokens)
 
 
 def _inputs(batch: int = 2) -> dict[str, torch.Tensor]:
@@ -77,7 +82,7 @@ def _inputs(batch: int = 2) -> dict[str, torch.Tensor]:
 
 
 def _tuned(tuner: str, options: dict, init_weights: bool = True, seed: int = 1):
-    return get_tuned_model(_base(seed), tuner, **{**options, "init_weights": init_weights})
+    return get_tuned_model(_base(seed, tuner), tuner, **{**options, "init_weights": init_weights})
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> bool:
@@ -104,10 +109,8 @@ def test_targets_and_trainable_set(case_id, tuner, options, targets, also_trains
 
 @pytest.mark.parametrize("case_id, tuner, options, targets, also_trains", TUNER_CASES, ids=CASE_IDS)
 def test_identity_at_initialisation(case_id, tuner, options, targets, also_trains) -> None:
-    base = _base()
+    base = _base(tuner=tuner)
     config = make_tuner_config(tuner, **options)
-    if config.mask_tokens is not None:
-        base.set_mask_tokens(config.mask_tokens)
     tuned = get_tuned_model(copy.deepcopy(base), config)
     x = _inputs()
     with torch.no_grad():
@@ -196,8 +199,7 @@ def test_identity_on_real_lite_medsam(case_id, tuner, options, targets, also_tra
         with pytest.raises(ValueError, match=f"{tuner}' needs a SAM ViT image encoder.*'lite_medsam' has a TinyViT"):
             get_tuned_model(base, config)
         return
-    if config.mask_tokens is not None:
-        base.set_mask_tokens(config.mask_tokens)
+    base.set_decoder_shape(config.reference_mask_tokens)
     tuned = get_tuned_model(copy.deepcopy(base), config).eval()
     image, box = colin27_slice["image"][None], colin27_slice["box"][None]
     with torch.no_grad():
@@ -233,3 +235,47 @@ def test_run_checkpoint_view_round_trip_and_mismatch() -> None:
     assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), trained.parameters()))
     with pytest.raises(AdapterLoadError, match="checkpoint does not fit this model: tuner 'conv_lora'"):
         AdapterState(_tuned("lora", {})).load_state_dict(state)
+
+
+def test_decoder_shape_is_recorded_and_checked(tmp_path) -> None:
+    """The decoder's shape is the model's: adapter files record it, loading rebuilds it, a mismatch is named."""
+    one_token = get_tuned_model(build_sam("vit_tiny", mask_tokens=1), "lora", r=2, init_weights=False)
+    path = save_adapter(one_token, tmp_path / "one.pt")
+    assert read_adapter(path)["metadata"]["decoder"] == {"mask_tokens": 1, "num_classes": None}
+    assert "mask_tokens" not in read_adapter(path)["metadata"]["options"]
+    rebuilt = load_tuned_sam(path)
+    assert rebuilt.model.num_mask_tokens == 1 and len(rebuilt.model.mask_decoder.output_hypernetworks_mlps) == 1
+    with pytest.raises(AdapterLoadError, match=r"decoder \{'mask_tokens': 1, 'num_classes': None\} in the file vs "
+                                               r"\{'mask_tokens': 4, 'num_classes': None\} in the model"):
+        load_adapter(get_tuned_model(build_sam("vit_tiny"), "lora", r=2), path)
+    with pytest.raises(ConfigError, match="mask_tokens is not a tuner option.*top-level setting 'mask_tokens'"):
+        make_tuner_config("lora", mask_tokens=1)
+    with pytest.raises(ConfigError, match="num_classes=3 needs mask_tokens"):
+        build_sam("vit_tiny", num_classes=3)
+    # "reference": the decoder each paper counts with (Conv-LoRA's single token, SAM-PARSER's four)
+    assert build_tuned_sam("vit_tiny", None, "conv_lora").model.num_mask_tokens == 1
+    assert build_tuned_sam("vit_tiny", None, "sam_parser").model.num_mask_tokens == 4
+    assert build_tuned_sam("vit_tiny", None, "conv_lora", mask_tokens=None).model.num_mask_tokens == 4
+
+
+@pytest.mark.parametrize("tokens, classes", [(1, None), (None, None), (3, 2)], ids=["one", "sam", "semantic"])
+def test_adapters_written_before_the_decoder_moved_keep_loading(tokens, classes, tmp_path) -> None:
+    """0.x files kept mask_tokens / num_classes among the tuner options (null = SAM's four): they load unchanged."""
+    torch.manual_seed(0)
+    trained = get_tuned_model(build_sam("vit_tiny", mask_tokens=tokens, num_classes=classes), "lora", r=2,
+                              init_weights=False).eval()
+    payload = read_adapter(save_adapter(trained, tmp_path / "new.pt"))
+    meta = dict(payload["metadata"])
+    decoder = meta.pop("decoder")
+    meta["options"] = {**meta["options"], "mask_tokens": tokens, "num_classes": classes}  # the old layout
+    old = tmp_path / "old.pt"
+    torch.save({**payload, "metadata": meta}, old)
+    torch.manual_seed(0)  # the same random (frozen) vit_tiny weights as ``trained``
+    loaded = load_tuned_sam(old).eval()
+    assert loaded.model.decoder_shape == decoder
+    x = _inputs()
+    with torch.no_grad():  # load_tuned_sam runs SDPA attention, ``trained`` the official one: 1e-5, not bit-equal
+        if classes is None:
+            assert _close(loaded(x["image"], boxes=x["boxes"]), trained(x["image"], boxes=x["boxes"]))
+        else:
+            assert _close(loaded(x["image"])["classes"], trained(x["image"])["classes"])

@@ -7,6 +7,7 @@ from typing import Any
 from ignite.engine import Engine, Events
 
 from medsam_peft.utils.atomic_io import atomic_write_bytes
+from medsam_peft.utils.distributed import is_main_process
 
 
 class MetricProgressReport:
@@ -21,6 +22,8 @@ class MetricProgressReport:
 
     def attach(self, trainer: Engine) -> None:
         self.trainer = trainer
+        if not is_main_process():  # the history still resumes on every rank (it is in the resume checkpoint)
+            return
         self.validator.add_event_handler(Events.COMPLETED, self._record)
         trainer.add_event_handler(Events.COMPLETED, self._report)
 

@@ -11,6 +11,8 @@ from typing import Any
 from ignite.engine import Engine, Events
 from monai.handlers import MLFlowHandler
 
+from medsam_peft.utils.distributed import is_main_process
+
 logger = logging.getLogger(__name__)
 
 _EVENT_METHODS = ("start", "iteration_completed", "epoch_completed", "complete", "close")
@@ -40,6 +42,11 @@ class SafeMLFlowHandler(MLFlowHandler):
         self.requested_tracking_uri = kwargs.get("tracking_uri", args[0] if args else None)
         self.parent = parent
         self.output_dir = os.path.abspath(output_dir) if output_dir else None
+        if not is_main_process():
+            # Only rank 0 tracks: another rank must not even open the store (two processes migrating one new
+            # sqlite file fail); ``attach`` is a no-op there.
+            self.experiment_name, self.tracking_failed = kwargs.get("experiment_name"), True
+            return
         if parent is not None:
             kwargs.setdefault("tracking_uri", parent.requested_tracking_uri)
             kwargs.setdefault("experiment_name", parent.experiment_name)
@@ -53,6 +60,8 @@ class SafeMLFlowHandler(MLFlowHandler):
 
     # ---- attaching -----------------------------------------------------------------------------------------------
     def attach(self, engine: Engine) -> None:
+        if not is_main_process():  # one MLflow run per job; the metrics rank 0 logs are gathered over ranks
+            return
         if self.parent is not None:
             super().attach(engine)
             return
@@ -99,7 +108,12 @@ class SafeMLFlowHandler(MLFlowHandler):
         params = {**(self.experiment_param or {}),
                   **{attr: getattr(engine.state, attr, None) for attr in self.default_tracking_params}}
         logged = self.client.get_run(self.cur_run.info.run_id).data.params
-        self._log_params({k: v for k, v in params.items() if logged.get(k) != str(v)})
+        self._log_params({k: v for k, v in params.items() if k not in logged})
+        # MLflow keeps a param's first value; an engine figure that a resume on another number of processes changes
+        # (epoch_length) is kept as a tag instead of failing the run
+        for key, value in params.items():
+            if key in logged and logged[key] != str(value):
+                self.client.set_tag(self.cur_run.info.run_id, f"medsam_peft.resumed.{key}", str(value))
         if self.dataset_logger:
             self.dataset_logger(self.dataset_dict)
         else:

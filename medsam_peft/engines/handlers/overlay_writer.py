@@ -12,6 +12,7 @@ from monai.utils import CommonKeys
 from PIL import Image
 
 from medsam_peft.utils.atomic_io import atomic_write_bytes
+from medsam_peft.utils.distributed import is_main_process
 
 
 class OverlayWriter:
@@ -22,6 +23,8 @@ class OverlayWriter:
         self.count = count
 
     def attach(self, evaluator: Engine) -> None:
+        if not is_main_process():  # one set of files: rank 0 draws the first images of its shard
+            return
         evaluator.add_event_handler(Events.EPOCH_STARTED, self._reset)
         evaluator.add_event_handler(Events.ITERATION_COMPLETED, self)
 

@@ -7,6 +7,7 @@ from typing import Any
 from ignite.engine import Engine
 from monai.utils import CommonKeys
 
+from medsam_peft.utils.distributed import is_main_process
 from medsam_peft.utils.user_errors import quiet_engine_logger
 
 
@@ -20,6 +21,8 @@ class ProgressBar:
         self.show_loss = show_loss
 
     def attach(self, engine: Engine) -> None:
+        if not is_main_process():  # one bar per job, not one per rank
+            return
         quiet_engine_logger(engine)  # the bar owns this engine's console: one error line, not a log per engine
 
         def transform(output: Any) -> dict[str, float]:

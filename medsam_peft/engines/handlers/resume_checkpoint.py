@@ -13,6 +13,7 @@ from ignite.engine import Engine, Events
 from medsam_peft.errors import MedsamPeftError
 from medsam_peft.models.checkpoint import CheckpointError
 from medsam_peft.utils.atomic_io import atomic_torch_save, remove_stale_temporaries
+from medsam_peft.utils.distributed import rank, world_size
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,8 @@ class ResumeCheckpoint:
                 logger.warning("%s holds no %r state; starting it fresh", self.path, name)
                 continue
             if name == "rng":
-                self._pending_rng = state[name]
+                # the file holds rank 0's streams; other ranks keep their own (seed + rank), not a copy of rank 0's
+                self._pending_rng = state[name] if rank() == 0 else None
                 continue
             try:
                 obj.load_state_dict(state[name])
@@ -80,10 +82,30 @@ class ResumeCheckpoint:
                 raise CheckpointError(f"resume checkpoint {self.path} was written by a run with other settings "
                                       f"({name}: {first}): {_START_OVER}") from err
         engine.state.epoch, engine.state.iteration = int(state["epoch"]), int(state["iteration"])
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != world_size():
+            self._rescale_to_this_world(engine, saved_world)
         if engine.state.epoch >= engine.state.max_epochs:
             logger.warning("%s holds a finished run (epoch %d of max_epochs %d): nothing left to train",
                            self.path, engine.state.epoch, engine.state.max_epochs)
         print(f"resumed from {self.path} at epoch {engine.state.epoch}", flush=True)
+
+    def _rescale_to_this_world(self, engine: Engine, saved_world: int) -> None:
+        """A run started on N processes continues on M (the rule in the README): progress is counted in completed
+        epochs, so the iteration counter and any per-iteration scheduler restart at ``epoch x`` this run's epoch
+        length (the learning rate continues from the same fraction of training). Random streams are per rank and
+        are seeded afresh rather than taken from another world's rank 0."""
+        previous = engine.state.iteration
+        engine.state.iteration = engine.state.epoch * int(engine.state.epoch_length or 0)
+        scheduler = self.objects.get("lr_scheduler")
+        if scheduler is not None and hasattr(scheduler, "last_epoch") and previous:
+            scheduler.last_epoch = engine.state.iteration
+            for group, lr in zip(scheduler.optimizer.param_groups, scheduler.get_lr()):
+                group["lr"] = lr
+            scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+        self._pending_rng = None
+        print(f"{self.path} was written by a run on {saved_world} process(es); continuing on {world_size()} from "
+              f"epoch {engine.state.epoch} (iteration {previous} -> {engine.state.iteration})", flush=True)
 
     def _restore_rng(self, engine: Engine) -> None:
         if self._pending_rng is not None:
@@ -98,5 +120,5 @@ class ResumeCheckpoint:
         if not self.save:
             return
         state = {name: obj.state_dict() for name, obj in self.objects.items()}
-        state.update(epoch=engine.state.epoch, iteration=engine.state.iteration)
+        state.update(epoch=engine.state.epoch, iteration=engine.state.iteration, world_size=world_size())
         atomic_torch_save(state, self.path)

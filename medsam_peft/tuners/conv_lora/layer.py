@@ -7,8 +7,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from medsam_peft.tuners.base import BaseTunerLayer
+from medsam_peft.tuners.conv_lora.moe import (
+    NoisyTopOneGate,
+    ScaleConvExpert,
+    cv_squared,
+)
 from medsam_peft.tuners.lora.layer import low_rank_factors
-from medsam_peft.tuners.conv_lora.moe import NoisyTopOneGate, ScaleConvExpert, cv_squared
+from medsam_peft.utils.distributed import global_batch_sum
 
 
 class ConvLoraLinear(nn.Module, BaseTunerLayer):
@@ -23,6 +28,8 @@ class ConvLoraLinear(nn.Module, BaseTunerLayer):
     """
 
     merge_unsupported_reason = "the convolution experts act non-linearly on the bottleneck"
+    # An expert no window chose gets no gradient in that step (DDP must search for unused parameters).
+    routes_inputs = True
 
     def __init__(
         self,
@@ -64,6 +71,10 @@ class ConvLoraLinear(nn.Module, BaseTunerLayer):
     def route(self, grid: torch.Tensor) -> torch.Tensor:
         """Expert output for every sample, each computed only by the expert the gate chose for it."""
         index, importance, load = self.conv_lora_gate(grid)
+        if self.training and torch.is_grad_enabled():
+            # Under DDP the balance is over the global batch, as in one process: every rank runs the same training
+            # steps (even shards), so these forward collectives pair up; evaluation (uneven shards) never runs them.
+            importance, load = global_batch_sum(importance), global_batch_sum(load)
         self._aux_loss = self.aux_loss_coef * (cv_squared(importance) + cv_squared(load))
         self.last_expert_index = index.detach()
         out = torch.zeros_like(grid)

@@ -15,7 +15,6 @@ class DecoderOnlyConfig(TunerConfig):
 
     trainable_modules: tuple[str, ...] = ("mask_decoder",)
     frozen_modules: tuple[str, ...] = ("mask_decoder.iou_prediction_head",)
-    mask_tokens: int | None = 1
 
     tuner_type: ClassVar[str] = "decoder_only"
     default_target_modules: ClassVar[str | None] = None  # adapts no layer

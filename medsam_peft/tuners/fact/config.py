@@ -28,9 +28,9 @@ class FactConfig(TunerConfig):
     r: int = 8
     scale: float = 1.0
     dropout: float = 0.1
-    mask_tokens: int | None = None
     frozen_modules: tuple[str, ...] = ()
 
+    reference_mask_tokens: ClassVar[int | None] = None  # SAM's four, the SAM-PARSER paper's setting
     tuner_type: ClassVar[str] = "fact"
     requires_vit_encoder: ClassVar[bool] = True
     default_target_modules: ClassVar[str | None] = r"image_encoder\.blocks\.\d+\.attn\.(qkv|proj)"

@@ -24,9 +24,9 @@ class SamParserConfig(TunerConfig):
 
     decompose_linear: bool = False
     spectral_shift: bool = False
-    mask_tokens: int | None = None
     frozen_modules: tuple[str, ...] = ()
 
+    reference_mask_tokens: ClassVar[int | None] = None  # SAM's four: the paper's 3963.2K decoder
     tuner_type: ClassVar[str] = "sam_parser"
     default_target_modules: ClassVar[str | None] = r"image_encoder\.neck\.(0|2)"
 

@@ -27,9 +27,9 @@ class SamParserLoraConfig(SamParserConfig):
     lora_target_modules: str = r"image_encoder\..*attn\.qkv"
     decompose_linear: bool = False
     spectral_shift: bool = False
-    mask_tokens: int | None = None
     frozen_modules: tuple[str, ...] = ()
 
+    reference_mask_tokens: ClassVar[int | None] = None  # SAM's four, as SAM-PARSER
     tuner_type: ClassVar[str] = "sam_parser_lora"
     default_target_modules: ClassVar[str | None] = r"image_encoder\.neck\.(0|2)"  # the SVD part, as SAM-PARSER's
 

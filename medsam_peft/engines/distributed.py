@@ -1,0 +1,79 @@
+"""DistributedDataParallel for a tuned SAM and the samplers of a sharded epoch (``configs/multi_gpu_train.json``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+from monai.data import DistributedSampler
+from torch.nn.parallel import DistributedDataParallel
+
+from medsam_peft.tuners.base import TunedSam
+from medsam_peft.utils.distributed import is_distributed
+
+
+def needs_unused_parameter_search(network: TunedSam) -> bool:
+    """Whether a step can leave trainable parameters without a gradient, which DDP must then look for.
+
+    Conv-LoRA routes each window to one expert, so an expert no window chose gets no gradient in that step; a
+    trainable IoU head (SAM-PARSER's whole-decoder setting, full fine-tuning) and the prompt encoder's point and
+    mask-input weights under box prompts are never used by the loss. Every other tuner reaches all its parameters,
+    and DDP then skips the per-step graph traversal.
+    """
+    if any(getattr(layer, "routes_inputs", False) for _, layer in network.tuner_layers()):
+        return True
+    return any(p.requires_grad and name.startswith(("mask_decoder.iou_prediction_head.", "prompt_encoder."))
+               for name, p in network.model.named_parameters())
+
+
+class AuxLossInGraph(nn.Module):
+    """What DDP wraps: the tuned model, whose output carries its auxiliary loss at weight zero.
+
+    Conv-LoRA's gate weights get their gradient only through the load-balancing loss, which ``AuxLossHandler``
+    adds after forward. DDP's search for unused parameters starts from forward's outputs: without this tie it would
+    mark the gates unused and then see their gradient arrive ("marked ready twice"). The zero weight adds nothing
+    to any gradient; the loss still gets the auxiliary term once, from the handler.
+    """
+
+    def __init__(self, network: TunedSam) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.network(*args, **kwargs)
+        aux = self.network.aux_loss()
+        if aux is None:
+            return out
+        if isinstance(out, dict):
+            return {**out, "masks": out["masks"] + 0.0 * aux}
+        return out + 0.0 * aux
+
+
+def ddp_wrap(network: TunedSam, device: str | torch.device) -> torch.nn.Module:
+    """``network`` in DistributedDataParallel when a process group is up, else ``network`` itself.
+
+    Only the trainable tensors take part: the frozen trunk (the same checkpoint on every rank) is neither broadcast
+    at start nor given gradient hooks, so a ViT-H run synchronises a few MB per step, not 2.5 GB.
+    """
+    if not is_distributed():
+        return network
+    step = AuxLossInGraph(network)
+    frozen = [name for name, p in step.named_parameters() if not p.requires_grad]
+    frozen += [name for name, _ in step.named_buffers()]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(step, frozen)
+    device = torch.device(device)
+    return DistributedDataParallel(step, device_ids=[device] if device.type == "cuda" else None,
+                                   find_unused_parameters=needs_unused_parameter_search(network))
+
+
+def distributed_sampler(dataset: Any, shuffle: bool, even_divisible: bool = True) -> DistributedSampler | None:
+    """This rank's shard of ``dataset`` (MONAI's sampler; the engines call ``set_epoch`` each epoch), or None.
+
+    Training shards are even (``even_divisible``: every rank runs the same number of steps, a few samples repeat);
+    validation shards are not, so every sample is scored exactly once and the gathered metric equals a
+    single-process evaluation.
+    """
+    if not is_distributed():
+        return None
+    return DistributedSampler(dataset, even_divisible=even_divisible, shuffle=shuffle)
