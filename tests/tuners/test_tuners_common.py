@@ -8,6 +8,7 @@ import re
 import pytest
 import torch
 
+from medsam_peft.engines.distributed import needs_unused_parameter_search
 from medsam_peft.errors import ConfigError
 from medsam_peft.models import PromptableSam, build_sam
 from medsam_peft.tuners import (
@@ -150,6 +151,11 @@ def test_gradients_reach_exactly_the_trainable_set(case_id, tuner, options, targ
             assert param.grad is None or param.grad.abs().sum() == 0, name
         else:
             assert param.grad is not None and param.grad.abs().sum() > 0, f"trainable {name} got no gradient"
+    # DDP must search for unused parameters exactly where a step can leave one without a gradient (this one did)
+    gradless = [n for n, p in model.model.named_parameters() if p.requires_grad and p.grad is None]
+    assert needs_unused_parameter_search(model) or not gradless, gradless[:3]
+    assert needs_unused_parameter_search(model) == (tuner in ("conv_lora", "sam_parser", "sam_parser_lora", "fact",
+                                                              "full"))
 
 
 @pytest.mark.parametrize("case_id, tuner, options, targets, also_trains", TUNER_CASES, ids=CASE_IDS)
