@@ -9,9 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from medsam_peft.benchmark import (
-    BASELINE_TUNER,  # standard library only: keeps the CLI's start-up light
-)
+from medsam_peft.benchmark import BASELINE_TUNER  # standard library only: keeps the CLI's start-up light
 from medsam_peft.errors import ConfigError, MedsamPeftError
 
 
@@ -58,12 +56,7 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from medsam_peft.data import (
-        DATASETS,
-        prepare_colin27_aal,
-        prepare_dataset,
-        prepare_invesalius_ct,
-    )
+    from medsam_peft.data import DATASETS, prepare_colin27_aal, prepare_dataset, prepare_invesalius_ct
 
     if args.name == "colin27_aal":
         structures = tuple(int(s) for s in args.structures.split(",")) if args.structures else None
@@ -105,13 +98,7 @@ def _mergeable(backbone: str, tuner: str) -> bool:
 def cmd_bench(args: argparse.Namespace) -> int:
     from itertools import product
 
-    from medsam_peft.benchmark import (
-        BenchCase,
-        add_ratios,
-        format_table,
-        merge_rounds,
-        run_case,
-    )
+    from medsam_peft.benchmark import BenchCase, add_ratios, format_table, merge_rounds, run_case
 
     cases = []
     for backbone, size, dtype, batch, mode, tuner, attention, checkpointing, cache, allocator in product(

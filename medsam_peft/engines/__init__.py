@@ -1,10 +1,6 @@
 """Pieces that plug tuned SAM models into MONAI's SupervisedTrainer / SupervisedEvaluator."""
 
-from medsam_peft.engines.distributed import (
-    ddp_wrap,
-    distributed_sampler,
-    needs_unused_parameter_search,
-)
+from medsam_peft.engines.distributed import ddp_wrap, distributed_sampler, needs_unused_parameter_search
 from medsam_peft.engines.handlers import (
     AdapterState,
     AuxLossHandler,
@@ -19,17 +15,8 @@ from medsam_peft.engines.handlers import (
     SafeMLFlowHandler,
 )
 from medsam_peft.engines.inferer import AutocastInferer
-from medsam_peft.engines.losses import (
-    BalancedBCEWithLogitsLoss,
-    MaskClassificationLoss,
-    StructureLoss,
-)
-from medsam_peft.engines.metrics import (
-    BalancedErrorRate,
-    SemanticSegmentationMetric,
-    SodMetric,
-    dice_score,
-)
+from medsam_peft.engines.losses import BalancedBCEWithLogitsLoss, MaskClassificationLoss, StructureLoss
+from medsam_peft.engines.metrics import BalancedErrorRate, SemanticSegmentationMetric, SodMetric, dice_score
 from medsam_peft.engines.reporting import predict_volumes, write_metrics
 from medsam_peft.engines.settings import check_settings
 from medsam_peft.engines.workflow import (

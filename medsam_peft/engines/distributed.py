@@ -21,7 +21,7 @@ def needs_unused_parameter_search(network: TunedSam) -> bool:
     mask-input weights under box prompts are never used by the loss. Every other tuner reaches all its parameters,
     and DDP then skips the per-step graph traversal.
     """
-    if any(getattr(layer, "routes_inputs", False) for _, layer in network.tuner_layers()):
+    if any(layer.routes_inputs for _, layer in network.tuner_layers()):
         return True
     return any(p.requires_grad and name.startswith(("mask_decoder.iou_prediction_head.", "prompt_encoder."))
                for name, p in network.model.named_parameters())

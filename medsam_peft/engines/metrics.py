@@ -62,21 +62,22 @@ class SodMetric(Metric):
             self._count += 1
 
     def compute(self) -> float:
-        if world_size() > 1:  # each rank scored its shard: pool the per-image results, then reduce as one process
-            fields = SOD_PER_IMAGE[self.kind]
-            local = np.concatenate([np.reshape(np.asarray(getattr(self._measure, f), dtype=np.float64), (self._count, w))
-                                    for f, w in fields], axis=1)
-            pooled = gather_rows(local)
-            if pooled.shape[0] == 0:
-                raise NotComputableError(f"SodMetric({self.kind}) needs at least one image")
-            measure, start = SOD_METRICS[self.kind][0](), 0
-            for field, width in fields:
-                setattr(measure, field, list(pooled[:, start:start + width]) if width > 1 else list(pooled[:, start]))
-                start += width
-            return float(SOD_METRICS[self.kind][1](measure.get_results()))
-        if self._count == 0:
+        measure = self._pooled_measure() if world_size() > 1 else self._measure
+        if not getattr(measure, SOD_PER_IMAGE[self.kind][0][0]):
             raise NotComputableError(f"SodMetric({self.kind}) needs at least one image")
-        return float(SOD_METRICS[self.kind][1](self._measure.get_results()))
+        return float(SOD_METRICS[self.kind][1](measure.get_results()))
+
+    def _pooled_measure(self) -> object:
+        """A PySODMetrics object holding every rank's per-image results (each rank scored its shard)."""
+        fields = SOD_PER_IMAGE[self.kind]
+        local = np.concatenate([np.reshape(np.asarray(getattr(self._measure, f), dtype=np.float64), (self._count, w))
+                                for f, w in fields], axis=1)
+        pooled = gather_rows(local)
+        measure, start = SOD_METRICS[self.kind][0](), 0
+        for field, width in fields:
+            setattr(measure, field, list(pooled[:, start:start + width]) if width > 1 else list(pooled[:, start]))
+            start += width
+        return measure
 
 
 class BalancedErrorRate(Metric):

@@ -166,7 +166,7 @@ def _check_tuner_options(settings: Mapping[str, Any]) -> None:
 def _check_decoder_shape(settings: Mapping[str, Any]) -> None:
     """num_classes needs explicit query tokens: checked here so a bad pair fails before the model is built."""
     tokens, classes = settings.get("mask_tokens"), settings.get("num_classes")
-    if classes is None or tokens == "reference" and "tuner" not in settings:
+    if classes is None or (tokens == "reference" and "tuner" not in settings):
         return
     if tokens == "reference":
         from medsam_peft.tuners.registry import get_tuner_classes

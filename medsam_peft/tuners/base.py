@@ -129,6 +129,9 @@ class BaseTunerLayer:
     base_layer: nn.Module
     supports_merge: ClassVar[bool] = False
     merge_unsupported_reason: ClassVar[str] = "its update is not a linear function of the input"
+    # True where a step sends each input to some of the layer's parameters only (Conv-LoRA's experts): DDP must then
+    # search for parameters without a gradient.
+    routes_inputs: ClassVar[bool] = False
     merged: bool = False
 
     def delta_weight(self) -> torch.Tensor:

@@ -8,11 +8,7 @@ from medsam_peft.utils.atomic_io import (
     remove_stale_temporaries,
     write_json_atomic,
 )
-from medsam_peft.utils.cpu_allocator import (
-    CPU_ALLOCATORS,
-    configure_cpu_allocator,
-    keep_freed_cpu_memory,
-)
+from medsam_peft.utils.cpu_allocator import CPU_ALLOCATORS, configure_cpu_allocator, keep_freed_cpu_memory
 from medsam_peft.utils.distributed import (
     close_distributed,
     init_distributed,

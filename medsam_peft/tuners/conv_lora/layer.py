@@ -7,11 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from medsam_peft.tuners.base import BaseTunerLayer
-from medsam_peft.tuners.conv_lora.moe import (
-    NoisyTopOneGate,
-    ScaleConvExpert,
-    cv_squared,
-)
+from medsam_peft.tuners.conv_lora.moe import NoisyTopOneGate, ScaleConvExpert, cv_squared
 from medsam_peft.tuners.lora.layer import low_rank_factors
 from medsam_peft.utils.distributed import global_batch_sum
 
@@ -28,8 +24,7 @@ class ConvLoraLinear(nn.Module, BaseTunerLayer):
     """
 
     merge_unsupported_reason = "the convolution experts act non-linearly on the bottleneck"
-    # An expert no window chose gets no gradient in that step (DDP must search for unused parameters).
-    routes_inputs = True
+    routes_inputs = True  # an expert no window chose gets no gradient in that step
 
     def __init__(
         self,
