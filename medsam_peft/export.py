@@ -35,13 +35,15 @@ def _versions() -> dict[str, str]:
 def inference_config(run: dict[str, Any], image_size: int) -> dict[str, Any]:
     """The exported ``configs/inference.json``: a datalist of {image[, box][, name]} -> PNG masks."""
     prompt = run.get("prompt", "none")
-    prepare = ({"_target_": "PrepareBatchExtraInput", "extra_keys": {"boxes": "box"}} if prompt == "box"
+    # A click-trained model also takes boxes: the datalist inference of an exported bundle feeds the box.
+    boxed = prompt in ("box", "interactive")
+    prepare = ({"_target_": "PrepareBatchExtraInput", "extra_keys": {"boxes": "box"}} if boxed
                else {"_target_": "PrepareBatchDefault"})
     squash = bool(run.get("squash", False))
     return {
         "_desc_": "Inference with the tuned SAM in models/model.pt: python -m monai.bundle run --config_file "
                   "configs/inference.json --bundle_root . --datalist requests.json (a list of {\"image\": path, "
-                  "\"box\": [x0, y0, x1, y1] in image pixels}" + ("; the box is required" if prompt == "box" else "")
+                  "\"box\": [x0, y0, x1, y1] in image pixels}" + ("; the box is required" if boxed else "")
                   + "). Masks go to <output_dir>/<image stem>_pred.png.",
         "imports": ["$import os", "$import json", "$import medsam_peft", "$import medsam_peft.data",
                     "$import medsam_peft.transforms", "$import medsam_peft.engines"],

@@ -15,6 +15,14 @@ from medsam_peft.engines.handlers import (
     SafeMLFlowHandler,
 )
 from medsam_peft.engines.inferer import AutocastInferer
+from medsam_peft.engines.interactive import (
+    InteractivePrepareBatch,
+    NumberOfClicks,
+    SimulatedAnnotator,
+    interactive_key_metric,
+    interactive_metrics,
+    round_output,
+)
 from medsam_peft.engines.losses import BalancedBCEWithLogitsLoss, MaskClassificationLoss, StructureLoss
 from medsam_peft.engines.metrics import BalancedErrorRate, SemanticSegmentationMetric, SodMetric, dice_score
 from medsam_peft.engines.reporting import predict_volumes, write_metrics
@@ -35,6 +43,8 @@ __all__ = [
     "needs_unused_parameter_search",
     "semantic_metrics",
     "train_key_metric",
+    "InteractivePrepareBatch", "NumberOfClicks", "SimulatedAnnotator", "interactive_key_metric", "interactive_metrics",
+    "round_output",
     "MaskClassificationLoss",
     "SemanticSegmentationMetric",
     "AdapterState", "AutocastInferer", "AuxLossHandler", "BestAdapterCheckpoint", "BalancedBCEWithLogitsLoss", "BalancedErrorRate",

@@ -52,7 +52,7 @@ def write_parameter_report(network: TunedSam, path: str | os.PathLike, **run_con
     path.write_text(json.dumps(report, indent=1))
     if run_config:
         prepare = run_config.pop("prepare_batch", None)
-        run_config["prompt"] = "box" if prepare is not None and "ExtraInput" in type(prepare).__name__ else "none"
+        run_config["prompt"] = prompt_mode(prepare)
         run_config["checkpoint"] = str(run_config.get("checkpoint") or "")
         (path.parent / "run_config.json").write_text(json.dumps(run_config, indent=1, default=str))
     print(f"{report['tuner']} on {report['backbone']}: trainable {report['trainable']:,} of {report['total']:,} "
@@ -65,6 +65,18 @@ def require_datalist(datalist_file: str | os.PathLike, dataset: str, dataset_dir
     from medsam_peft.data.datalist import ensure_datalist
 
     ensure_datalist(datalist_file, dataset, dataset_dir)
+
+
+def prompt_mode(prepare_batch: Any) -> str:
+    """How a run prompted its network, as exported bundles and the label server read it: "interactive" (the
+    simulated annotator: boxes and clicks), "box" (the sample's box) or "none" (prompt-free)."""
+    from monai.engines.utils import PrepareBatchExtraInput
+
+    from medsam_peft.engines.interactive import InteractivePrepareBatch
+
+    if isinstance(prepare_batch, InteractivePrepareBatch):
+        return "interactive"
+    return "box" if isinstance(prepare_batch, PrepareBatchExtraInput) else "none"
 
 
 def prompt_keys(prepare_batch: Any) -> list[str]:

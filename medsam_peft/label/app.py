@@ -47,8 +47,10 @@ class SamBundleInferTask(InferTask):
             labels=predictor.labels,
             dimension=2,
             description=(f"{predictor.metadata.get('name', predictor.name)}: "
-                         + ("automatic (prompt-free)" if automatic else "box 'roi' and/or foreground/background "
-                            "points; volumes slice by slice")),
+                         + ("automatic (prompt-free)" if automatic else
+                            ("click-trained: " if predictor.prompt == "interactive" else "")
+                            + "box 'roi' and/or foreground/background points; volumes slice by slice or propagated "
+                              "from one prompted slice")),
             config={"device": "cpu"},
         )
         self.predictor = predictor

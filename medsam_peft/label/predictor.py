@@ -24,6 +24,7 @@ from monai.data import MetaTensor
 
 from medsam_peft.data.volumes import image_to_slice, slice_to_image, to_uint8
 from medsam_peft.errors import MedsamPeftError
+from medsam_peft.models.embedding_cache import ImageEmbeddingCache
 from medsam_peft.transforms.intensity.array import ScaleIntensityByDtype
 from medsam_peft.transforms.io.array import ImageReadError, LoadImage2D, LoadVolume, is_volume_path
 from medsam_peft.transforms.spatial.array import ResizeLongestSide, ScaleBox
@@ -77,16 +78,19 @@ def _volume_roi(value: Any, shape: tuple[int, ...]) -> list[float]:
     return [i0, j0, i1, j1, max(0.0, float(round(k0))), min(float(shape[2] - 1), float(round(k1)))]
 
 
-def parse_prompts(params: dict[str, Any], shape: tuple[int, ...]) -> tuple[list[float] | None, list[tuple], list[int]]:
+def parse_prompts(params: dict[str, Any], shape: tuple[int, ...],
+                  label_names: tuple[str, ...] = ()) -> tuple[list[float] | None, list[tuple], list[int]]:
     """Validate ``roi``/``foreground``/``background`` against an image of array ``shape`` (2-D or 3-D indices).
 
     2-D images: ``roi`` is ``[x0, y0, x1, y1]``. Volumes: ``roi`` is 3D Slicer's ``[i0, i1, j0, j1, k0, k1]``;
     points are ``[i, j, k]`` (OHIF and Slicer send three indices; a third index 0 is accepted on 2-D images).
+    Points may also come under one of the model's ``label_names`` (3D Slicer's DeepEdit-style requests name the
+    point list after the label being drawn): they are foreground clicks.
     Returns the box (array indices: 4 numbers, or ``[i0, j0, i1, j1, k0, k1]`` for volumes), the points (tuples of
     2 or 3 indices) and their labels.
     """
     ndim = len(shape)
-    known = {"roi", "foreground", "background"}
+    known = {"roi", "foreground", "background", *label_names}
     box = None
     if params.get("roi") not in (None, []):
         if ndim == 3:
@@ -104,7 +108,8 @@ def parse_prompts(params: dict[str, Any], shape: tuple[int, ...]) -> tuple[list[
             # A box dragged past the border is clipped to it, as a viewer would draw it.
             box[axis], box[axis + 2] = max(lo[axis], 0.0), min(hi[axis], float(shape[axis] - 1))
     points, labels = [], []
-    for key, label in (("foreground", 1), ("background", 0)):
+    for key, label in (("foreground", 1), *((name, 1) for name in label_names if name != "background"),
+                       ("background", 0)):
         value = params.get(key) or []
         if not isinstance(value, (list, tuple)):
             raise LabelRequestError(422, f"{key} must be a list of points [[x, y{', z' if ndim == 3 else ''}], ...]")
@@ -123,7 +128,8 @@ def parse_prompts(params: dict[str, Any], shape: tuple[int, ...]) -> tuple[list[
     extra = [k for k, v in params.items() if k not in known and isinstance(v, list) and v
              and all(isinstance(p, list) for p in v)]
     if extra:
-        raise LabelRequestError(422, f"unknown point label(s) {extra}: points go under 'foreground' (label 1) or "
+        names = "".join(f", {n!r}" for n in label_names if n != "background")
+        raise LabelRequestError(422, f"unknown point label(s) {extra}: points go under 'foreground'{names} (label 1) or "
                                      "'background' (label 0)")
     return box, points, labels
 
@@ -140,7 +146,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 class BundlePredictor:
     """A tuned SAM loaded from an exported bundle folder, built on first use (thread-safe)."""
 
-    def __init__(self, bundle_dir: str | Path, device: str | torch.device = "cpu", threshold: float = 0.5) -> None:
+    def __init__(self, bundle_dir: str | Path, device: str | torch.device = "cpu", threshold: float = 0.5,
+                 embedding_cache_size: int = 16) -> None:
         self.bundle_dir = Path(bundle_dir)
         if not self.bundle_dir.is_dir():
             raise BundleError(f"bundle folder {self.bundle_dir} not found")
@@ -162,6 +169,8 @@ class BundlePredictor:
         self.device = torch.device(device)
         self.threshold = threshold
         self._model = None
+        # Image embeddings of the last images served: a second prompt on an image skips the encoder.
+        self.embeddings = ImageEmbeddingCache(embedding_cache_size)
         self._error: BundleError | None = None
         self._lock = threading.Lock()
 
@@ -195,9 +204,23 @@ class BundlePredictor:
             return self._model
 
     # ---- one 2-D image in the network's orientation --------------------------------------------------------
-    def predict_image(self, image: np.ndarray, prompts: Prompts) -> np.ndarray:
-        """``image``: (H, W) or (H, W, 3) float in [0, 1]. Returns the (H, W) uint8 mask (0/1)."""
+    def _sam(self):
         model = self.model()
+        return getattr(model, "model", model)  # TunedSam wraps the PromptableSam whose encoder/decoder we call
+
+    def predict_image(self, image: np.ndarray, prompts: Prompts, mask_input: torch.Tensor | None = None,
+                      counts: dict[str, int] | None = None) -> tuple[np.ndarray, torch.Tensor]:
+        """``image``: (H, W) or (H, W, 3) float in [0, 1]. Returns the (H, W) uint8 mask (0/1) and the decoder's
+        low-resolution logits (1, 1, S/4, S/4), which a later call on a similar image may take as ``mask_input``.
+
+        The image embedding comes from ``self.embeddings`` when this exact network input was encoded before, so a
+        further prompt on the same image runs only the prompt encoder and the mask decoder. ``counts`` (if given)
+        gets ``encoder_passes`` and ``decoder_passes`` added.
+        """
+        sam = self._sam()
+        if sam.num_classes is not None:
+            raise BundleError(f"model {self.name!r} is a multi-class (semantic) model; this server serves binary "
+                              "masks only")
         tensor = torch.as_tensor(image, dtype=torch.float32)
         tensor = tensor[None].expand(3, -1, -1) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
         height, width = tensor.shape[1:]
@@ -206,24 +229,34 @@ class BundlePredictor:
         boxes = ScaleBox(self.image_size, self.squash)
         net_input = resizer(MetaTensor(tensor))
         model_input = net_input.as_tensor()[None].to(self.device)
-        kwargs: dict[str, torch.Tensor] = {}
+        box = points = point_labels = None
         if prompts.box is not None:
-            kwargs["boxes"] = boxes(prompts.box, (height, width))[None].to(self.device)
+            box = boxes(prompts.box, (height, width))[None].to(self.device)
         if prompts.points:
             sx, sy = boxes.scale_factors((height, width))
-            kwargs["points"] = torch.tensor([[[x * sx, y * sy] for x, y in prompts.points]], device=self.device)
-            kwargs["point_labels"] = torch.tensor([prompts.point_labels], device=self.device)
+            points = torch.tensor([[[x * sx, y * sy] for x, y in prompts.points]], device=self.device)
+            point_labels = torch.tensor([prompts.point_labels], device=self.device)
         from medsam_peft.engines import AutocastInferer
 
-        with torch.no_grad():
-            logits = AutocastInferer(self.precision)(model_input, model, **kwargs)
-        if isinstance(logits, dict):
-            raise BundleError(f"model {self.name!r} is a multi-class (semantic) model; this server serves binary "
-                              "masks only")
-        prob = MetaTensor(torch.sigmoid(logits[0, :1].float().cpu()),
-                          applied_operations=list(net_input.applied_operations))
+        dtype = AutocastInferer(self.precision).dtype_for(self.device)
+        encoded = []
+
+        def encode(batch: torch.Tensor) -> torch.Tensor:
+            encoded.append(1)
+            return sam.encode_image(batch)
+
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            embedding = self.embeddings.get_or_compute(model_input, encode)
+            if box is None and points is None and mask_input is None and not self.prompt_free:
+                raise LabelRequestError(422, f"model {self.name!r} needs a prompt on this image")
+            low_res = sam.decode(embedding, box, points, point_labels, mask_input)
+            logits = sam.upscale(low_res, model_input.shape[-2:]).float()
+        if counts is not None:
+            counts["encoder_passes"] = counts.get("encoder_passes", 0) + len(encoded)
+            counts["decoder_passes"] = counts.get("decoder_passes", 0) + 1
+        prob = MetaTensor(torch.sigmoid(logits[0, :1].cpu()), applied_operations=list(net_input.applied_operations))
         restored = resizer.inverse(prob).as_tensor()[0]
-        return (restored.numpy() > self.threshold).astype(np.uint8)
+        return (restored.numpy() > self.threshold).astype(np.uint8), low_res.float()
 
     # ---- a request ----------------------------------------------------------------------------------------------
     def segment_file(self, path: str | Path, params: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any], Any]:
@@ -243,11 +276,11 @@ class BundlePredictor:
         if is_volume:
             return self._segment_volume(np.asarray(loaded[0]), params, loaded.affine)
         rgb = np.asarray(ScaleIntensityByDtype()(loaded)).transpose(1, 2, 0)  # (H, W, 3) in [0, 1]
-        image = rgb
-        box, points, labels = parse_prompts(params, (rgb.shape[1], rgb.shape[0]))  # MONAI's (x, y) index order
+        box, points, labels = parse_prompts(params, (rgb.shape[1], rgb.shape[0]), tuple(self.labels))
         self._require_prompt(box, points)
-        mask = self.predict_image(image, Prompts(box, [list(p) for p in points], labels))
-        return mask.T, {"pixels": int(mask.sum()), "shape": list(mask.T.shape)}, None
+        counts: dict[str, int] = {}
+        mask, _ = self.predict_image(rgb, Prompts(box, [list(p) for p in points], labels), counts=counts)
+        return mask.T, {"pixels": int(mask.sum()), "shape": list(mask.T.shape), **counts}, None
 
     def _require_prompt(self, box, points) -> None:
         if not self.prompt_free and box is None and not points:
@@ -255,11 +288,18 @@ class BundlePredictor:
                                          "'foreground'/'background' points")
 
     def _segment_volume(self, volume: np.ndarray, params: dict[str, Any], affine) -> tuple[np.ndarray, dict, Any]:
-        box, points, labels = parse_prompts(params, volume.shape)
+        box, points, labels = parse_prompts(params, volume.shape, tuple(self.labels))
         index = params.get("slice")
         if index is not None and index != -1 and (
                 not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < volume.shape[2]):
             raise LabelRequestError(422, f"slice must be an integer in 0..{volume.shape[2] - 1}, got {index!r}")
+        propagate = params.get("propagate")
+        if propagate is not None and not isinstance(propagate, bool):
+            raise LabelRequestError(422, f"propagate must be true or false, got {propagate!r}")
+        mode = params.get("propagation_prompt", "box")
+        if mode not in PROPAGATION_PROMPTS:
+            raise LabelRequestError(422, f"propagation_prompt must be one of {list(PROPAGATION_PROMPTS)}, got "
+                                         f"{str(mode)[:40]!r}")
         self._require_prompt(box, points)
         window = params.get("window")
         window = None if window is None else tuple(_number_list(window, "window", (2,)))
@@ -268,25 +308,37 @@ class BundlePredictor:
         except ValueError as err:
             raise LabelRequestError(422, f"window: {err}") from err
         depth, columns = volume.shape[2], volume.shape[1]
-        if index is not None and index != -1:  # Slicer and OHIF send the viewed slice of a 2-D model, -1 for none
+        viewed = index is not None and index != -1
+        bounds = (0, depth - 1)
+        if viewed:  # Slicer and OHIF send the viewed slice of a 2-D model, -1 for none
             if box is not None and not box[4] <= index <= box[5]:
                 raise LabelRequestError(422, f"slice {index} lies outside the roi's k range {box[4]:g}..{box[5]:g}")
             slices = [index]
         elif box is not None:
-            slices = range(int(box[4]), int(box[5]) + 1)
+            slices = list(range(int(box[4]), int(box[5]) + 1))
         elif points:
             slices = sorted({int(round(p[2])) for p in points})
         elif self.prompt_free:
-            slices = range(depth)
+            slices = list(range(depth))
         else:
             raise LabelRequestError(422, "a volume needs a prompt: a 6-number roi [i0, i1, j0, j1, k0, k1], "
                                          "[i, j, k] points, or 'slice' for a prompt-free model")
+        # Propagation: by default when the prompt lies on one slice (a flat roi, clicks on one slice); asked for
+        # with a roi over several slices, the roi's box prompts one slice ('slice', else the middle one) and the
+        # others are prompted from their neighbour's mask, within the roi's k range. Never for a prompt-free model.
+        single_plane = (box is None or box[4] == box[5]) and not viewed
+        propagate = (single_plane if propagate is None else propagate) and not self.prompt_free
+        if propagate and box is not None and box[4] != box[5]:
+            bounds = (int(box[4]), int(box[5]))
+            slices = [index if viewed else (bounds[0] + bounds[1]) // 2]
 
         def to_image_xy(i: float, j: float) -> tuple[float, float]:
             # slice_to_image: image column = i, image row = (J - 1) - j
             return i, (columns - 1) - j
 
+        counts: dict[str, int] = {}
         out = np.zeros(volume.shape, dtype=np.uint8)
+        low_res: dict[int, torch.Tensor] = {}
         for k in slices:
             image_box = None
             if box is not None:
@@ -297,9 +349,62 @@ class BundlePredictor:
                               [lab for _, lab in plane_points])
             if prompts.box is None and not prompts.points and not self.prompt_free:
                 continue  # points on other slices only
-            mask = self.predict_image(slice_to_image(scaled[:, :, k]), prompts)
+            mask, low_res[k] = self.predict_image(slice_to_image(scaled[:, :, k]), prompts, counts=counts)
             out[:, :, k] = image_to_slice(mask)
-        return out, {"voxels": int(out.sum()), "slices": list(slices), "shape": list(out.shape)}, affine
+        propagated: list[int] = []
+        if propagate:
+            seeds = sorted(k for k in low_res if out[:, :, k].any())
+            for seed in seeds:
+                for step in (-1, 1):
+                    propagated += self._propagate(scaled, out, low_res, seed, step, set(seeds), mode, counts, bounds)
+        segmented = sorted(set(slices) | set(propagated))
+        return out, {"voxels": int(out.sum()), "slices": segmented, "propagated": sorted(propagated),
+                     "shape": list(out.shape), **counts}, affine
+
+    def _propagate(self, scaled: np.ndarray, out: np.ndarray, low_res: dict[int, torch.Tensor], seed: int, step: int,
+                   seeds: set[int], mode: str, counts: dict[str, int], bounds: tuple[int, int]) -> list[int]:
+        """Segment slices ``seed + step``, ``seed + 2 step``... each prompted with the box around the previous
+        slice's mask (widened by ``PROPAGATION_MARGIN`` pixels) and, for ``mode`` "box+mask", its low-resolution
+        logits. A box prompt always gives some mask, so the object is taken to end where the new mask stops looking
+        like a continuation of the previous one: fewer than ``PROPAGATION_MIN_PIXELS`` pixels, more than
+        ``PROPAGATION_MAX_GROWTH`` times its area (the mask filling a box that would then widen slice after slice),
+        or less than ``PROPAGATION_MIN_OVERLAP`` of the smaller mask shared with it. Also stops outside ``bounds``
+        (the roi's k range, else the volume) and at another prompted slice."""
+        done = []
+        k, previous = seed + step, slice_to_image(out[:, :, seed])  # back to the image's (rows, columns)
+        while bounds[0] <= k <= bounds[1] and k not in seeds:
+            rows, cols = np.nonzero(previous)
+            height, width = previous.shape
+            margin = PROPAGATION_MARGIN
+            box = [max(0.0, cols.min() - margin), max(0.0, rows.min() - margin),
+                   min(width - 1.0, cols.max() + margin), min(height - 1.0, rows.max() + margin)]
+            mask_input = low_res[k - step] if mode == "box+mask" else None
+            mask, low_res[k] = self.predict_image(slice_to_image(scaled[:, :, k]), Prompts(box, [], []), mask_input,
+                                                  counts)
+            if not continues_object(mask.astype(bool), previous.astype(bool)):
+                break
+            out[:, :, k] = image_to_slice(mask)
+            done.append(k)
+            previous, k = mask, k + step
+        return done
+
+
+def continues_object(mask: np.ndarray, previous: np.ndarray) -> bool:
+    """Whether ``mask`` on a slice reads as the object of ``previous`` on the slice before (see ``_propagate``)."""
+    area, before = int(mask.sum()), int(previous.sum())
+    if area < PROPAGATION_MIN_PIXELS or area > PROPAGATION_MAX_GROWTH * before:
+        return False
+    return int((mask & previous).sum()) >= PROPAGATION_MIN_OVERLAP * min(area, before)
+
+
+# Propagation through a volume: the box around the previous slice's mask is widened by this many pixels (the demo
+# trains with boxes jittered by 0-10 px); the object ends where a slice's mask has fewer pixels, grows by more than
+# the growth factor or shares less than the overlap fraction of the smaller mask with the previous slice's.
+PROPAGATION_MARGIN = 3
+PROPAGATION_MIN_PIXELS = 4
+PROPAGATION_MAX_GROWTH = 1.5
+PROPAGATION_MIN_OVERLAP = 0.5
+PROPAGATION_PROMPTS = ("box", "box+mask")
 
 
 __all__ = ["BundleError", "BundlePredictor", "LabelRequestError", "Prompts", "parse_prompts"]

@@ -153,4 +153,60 @@ class TrunkEmbeddingCache:
                 "memory_gib": self.memory_bytes / 2**30}
 
 
-__all__ = ["TrunkEmbeddingCache", "cacheable_split", "vit_neck", "vit_trunk"]
+
+
+class ImageEmbeddingCache:
+    """Bounded LRU of whole image embeddings for serving, keyed by the content of the encoder input.
+
+    SAM is built so that an image is encoded once and each further prompt on it only runs the prompt encoder and
+    the mask decoder (milliseconds); an annotator's second click on the same slice must not pay for the encoder
+    again. Keys hash the network input tensor (after resizing and padding), its shape and dtype and the autocast
+    dtype; values are kept on the model's device. Thread-safe; ``max_entries=0`` disables it.
+    """
+
+    def __init__(self, max_entries: int = 16) -> None:
+        if max_entries < 0:
+            raise ValueError(f"max_entries must be >= 0, got {max_entries}")
+        import threading
+        from collections import OrderedDict
+
+        self.max_entries = int(max_entries)
+        self.entries: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(image: torch.Tensor, scope: str = "") -> str:
+        digest = hashlib.sha1(scope.encode())
+        autocast = torch.is_autocast_enabled(image.device.type)
+        dtype = torch.get_autocast_dtype(image.device.type) if autocast else image.dtype
+        digest.update(f"{tuple(image.shape)}|{image.dtype}|{dtype}".encode())
+        digest.update(image.detach().cpu().contiguous().view(torch.uint8).numpy())
+        return digest.hexdigest()
+
+    def get_or_compute(self, image: torch.Tensor, compute, scope: str = "") -> torch.Tensor:
+        """The embedding of ``image`` (one batch, looked up as a whole), computing and keeping it on a miss."""
+        key = self.key(image, scope)
+        with self._lock:
+            value = self.entries.get(key)
+            if value is not None:
+                self.entries.move_to_end(key)
+                self.hits += 1
+                return value
+            self.misses += 1
+        value = compute(image)
+        if self.max_entries:
+            with self._lock:
+                self.entries[key] = value.detach()
+                self.entries.move_to_end(key)
+                while len(self.entries) > self.max_entries:
+                    self.entries.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self.entries.clear()
+
+
+__all__ = ["ImageEmbeddingCache", "TrunkEmbeddingCache", "cacheable_split", "vit_neck", "vit_trunk"]

@@ -8,6 +8,7 @@ the official modules untouched and calls them image by image with gradients enab
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -114,29 +115,43 @@ class PromptableSam(nn.Module):
         boxes: torch.Tensor | None,
         points: torch.Tensor | None,
         point_labels: torch.Tensor | None,
+        mask_inputs: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sparse/dense prompt embeddings for image ``index``; no prompt gives Conv-LoRA's prompt-free mode."""
+        """Sparse/dense prompt embeddings for image ``index``; no prompt gives Conv-LoRA's prompt-free mode.
+
+        Per image of a batch, a box row of NaNs means "no box" and points labelled -1 are padding (SAM's label for
+        "not a point"): both are dropped, so that samples with different prompts batch and each image is decoded
+        exactly as if it had been sent alone.
+        """
         encoder = self.prompt_encoder
-        if boxes is None and points is None:
+        box = None
+        if boxes is not None:
+            box = boxes[index].reshape(-1, 4).to(torch.float32)
+            box = box[torch.isfinite(box).all(dim=1)]
+            box = box if box.shape[0] else None
+        point_prompt = None
+        if points is not None:
+            if point_labels is None:
+                raise ValueError("points were given without point_labels (1 = foreground, 0 = background)")
+            coords = points[index].reshape(-1, 2).to(torch.float32)
+            labels = point_labels[index].reshape(-1).to(torch.float32)
+            keep = labels >= 0
+            if bool(keep.any()):
+                coords, labels = coords[keep][None], labels[keep][None]
+                if box is not None and box.shape[0] != 1:
+                    coords, labels = coords.expand(box.shape[0], -1, -1), labels.expand(box.shape[0], -1)
+                point_prompt = (coords, labels)
+        mask = None if mask_inputs is None else mask_inputs[index : index + 1].to(torch.float32)
+        if box is None and point_prompt is None and mask is None:
             # Prompt-free: no sparse tokens, dense embedding = no_mask_embed (as the Conv-LoRA reference).
             h, w = encoder.image_embedding_size
             weight = encoder.no_mask_embed.weight
             sparse = weight.new_zeros(1, 0, weight.shape[1])
             dense = weight.reshape(1, -1, 1, 1).expand(1, -1, h, w)
             return sparse, dense
-        box = None
-        if boxes is not None:
-            box = boxes[index].reshape(-1, 4).to(torch.float32)
-        point_prompt = None
-        if points is not None:
-            if point_labels is None:
-                raise ValueError("points were given without point_labels (1 = foreground, 0 = background)")
-            coords = points[index].reshape(1, -1, 2).to(torch.float32)
-            labels = point_labels[index].reshape(1, -1).to(torch.float32)
-            if box is not None and box.shape[0] != 1:
-                coords, labels = coords.expand(box.shape[0], -1, -1), labels.expand(box.shape[0], -1)
-            point_prompt = (coords, labels)
-        return encoder(points=point_prompt, boxes=box, masks=None)
+        if mask is not None and box is not None and box.shape[0] != 1:
+            mask = mask.expand(box.shape[0], -1, -1, -1)
+        return encoder(points=point_prompt, boxes=box, masks=mask)
 
     def decode(
         self,
@@ -144,12 +159,17 @@ class PromptableSam(nn.Module):
         boxes: torch.Tensor | None = None,
         points: torch.Tensor | None = None,
         point_labels: torch.Tensor | None = None,
+        mask_inputs: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Low-resolution mask logits (B, M, S/4, S/4); M = number of boxes per image (1 without boxes)."""
+        """Low-resolution mask logits (B, M, S/4, S/4); M = number of boxes per image (1 without boxes).
+
+        ``mask_inputs``: (B, 1, S/4, S/4) logits of an earlier prediction (SAM's dense mask prompt, as interactive
+        refinement feeds back the previous click's low-resolution output).
+        """
         image_pe = self.prompt_encoder.get_dense_pe()
         masks = []
         for i in range(embeddings.shape[0]):
-            sparse, dense = self._prompt_embeddings(i, boxes, points, point_labels)
+            sparse, dense = self._prompt_embeddings(i, boxes, points, point_labels, mask_inputs)
             low_res, _ = self.mask_decoder(
                 image_embeddings=embeddings[i : i + 1],
                 image_pe=image_pe,
@@ -186,11 +206,16 @@ class PromptableSam(nn.Module):
         boxes: torch.Tensor | None = None,
         points: torch.Tensor | None = None,
         point_labels: torch.Tensor | None = None,
+        mask_inputs: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (mask logits at ``image_size``, low-resolution logits)."""
-        low_res = self.decode(self.encode_image(image), boxes, points, point_labels)
-        logits = F.interpolate(low_res, size=image.shape[-2:], mode="bilinear", align_corners=False)
-        return logits, low_res
+        low_res = self.decode(self.encode_image(image), boxes, points, point_labels, mask_inputs)
+        return self.upscale(low_res, image.shape[-2:]), low_res
+
+    @staticmethod
+    def upscale(low_res: torch.Tensor, size) -> torch.Tensor:
+        """Low-resolution decoder logits to the input's size, as the training loss and the metrics see them."""
+        return F.interpolate(low_res, size=tuple(size), mode="bilinear", align_corners=False)
 
     def forward(
         self,
@@ -198,26 +223,39 @@ class PromptableSam(nn.Module):
         boxes: torch.Tensor | None = None,
         points: torch.Tensor | None = None,
         point_labels: torch.Tensor | None = None,
+        mask_inputs: torch.Tensor | None = None,
+        *,
+        interaction: Any = None,
+        target: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mask logits (B, M, S, S) for images (B, 3, S, S) in [0, 1].
 
         Args:
             image: batch of preprocessed images.
-            boxes: (B, 4) or (B, M, 4) XYXY boxes in input pixels; M masks are predicted per image.
+            boxes: (B, 4) or (B, M, 4) XYXY boxes in input pixels; M masks are predicted per image. A row of NaNs
+                is no box for that image.
             points: (B, N, 2) XY point prompts in input pixels.
-            point_labels: (B, N) labels, 1 foreground, 0 background.
+            point_labels: (B, N) labels, 1 foreground, 0 background, -1 padding (ignored).
+            mask_inputs: (B, 1, S/4, S/4) low-resolution logits fed back as the dense prompt.
+            interaction: a simulated annotator (``medsam_peft.engines.interactive``) that prompts this model
+                several times against ``target`` (B, 1, S, S): training with iterative corrections, or the click
+                protocol in evaluation. It goes through ``forward`` so that DDP sees one forward per step.
 
         With the multi-class decoder (``set_semantic_queries``) the model is prompt-free and returns
         ``{"masks": (B, N, S, S) mask logits, "classes": (B, N, C + 1) class logits}`` (last class = no object);
         ``medsam_peft.transforms.SemanticFromQueries`` turns that into per-class probabilities.
         """
+        if interaction is not None:
+            if target is None:
+                raise ValueError("an interaction needs the target masks it simulates clicks against")
+            return interaction(self, image, target, boxes=boxes, points=points, point_labels=point_labels)
         if self.num_classes is not None:
             if boxes is not None or points is not None:
                 raise ValueError("the multi-class decoder is prompt-free; use prepare_batch 'none' (no boxes/points)")
             low_res, classes = self.decode_queries(self.encode_image(image))
-            masks = F.interpolate(low_res, size=image.shape[-2:], mode="bilinear", align_corners=False)
+            masks = self.upscale(low_res, image.shape[-2:])
             return {"masks": masks, "classes": classes}
-        return self.forward_with_low_res(image, boxes, points, point_labels)[0]
+        return self.forward_with_low_res(image, boxes, points, point_labels, mask_inputs)[0]
 
     def set_decoder_shape(self, mask_tokens: int | None = None, num_classes: int | None = None) -> None:
         """Shape the mask decoder for a task before tuning: a structural choice of the model, not of any tuner.

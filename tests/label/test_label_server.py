@@ -1,5 +1,6 @@
 """The MONAI Label app, served for real: `python -m monailabel.main start_server` on 127.0.0.1 with a bundle exported
-from a tiny LiteMedSAM fine-tune on Colin27/AAL, prompted with boxes and points over HTTP."""
+from a tiny click-trained LiteMedSAM fine-tune on Colin27/AAL (the interactive demo bundle), prompted with boxes,
+clicks and volumes over HTTP, with requests and with MONAI Label's own client."""
 
 from __future__ import annotations
 
@@ -42,8 +43,10 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("label")
-    # 1. a tiny real fine-tune: LiteMedSAM (real weights) + Conv-LoRA, one epoch on every 12th Colin27 slice
-    args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(REPO / "bundles/conv_lora_demo.json")]
+    # 1. a tiny real fine-tune: LiteMedSAM (real weights) + Conv-LoRA trained with simulated boxes and clicks, one
+    # epoch on every 12th Colin27 slice
+    args = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
+            str(REPO / "bundles/conv_lora_demo_interactive.json")]
     overrides = {"bundle_root": str(REPO), "dataset_dir": str(root / "data"), "output_dir": str(root / "run"),
                  "slice_step": "12", "max_epochs": "1", "overlays": "0", "experiment_name": "label_test"}
     for key, value in overrides.items():
@@ -309,3 +312,117 @@ def test_upload_is_read_even_with_a_path_in_the_url(server) -> None:
                    files={"file": ("upload.png", image.read_bytes(), "image/png")})
     assert reply.status_code == 200, reply.text
     assert _dice(np.asarray(Image.open(io.BytesIO(reply.content))) > 0, server["mask"]) > 0.6
+
+
+# ---- through MONAI Label's own Python client: what annotators' tools send ------------------------------------------
+def _client(server):
+    from monailabel.client import MONAILabelClient
+
+    return MONAILabelClient(server["url"])
+
+
+def test_second_prompt_on_an_image_skips_the_encoder(server, tmp_path) -> None:
+    """SAM's design: the image embedding is computed once; later prompts on it run only the prompt encoder and the
+    decoder. A fresh upload is encoded once, the next prompt on the same image is served from the cache."""
+    client = _client(server)
+    image = tmp_path / "fresh.png"
+    plane = np.asarray(Image.open(server["root"] / "outside.png"))
+    Image.fromarray(np.roll(plane, 3, axis=1)).save(image)  # content no earlier test has sent
+    mask = np.roll(server["mask"], 3, axis=1)
+    client.upload_image(str(image), "fresh")
+    box = _box_of(mask)
+    first_file, first = client.infer("thalamus", "fresh", {"roi": box})
+    assert first["encoder_passes"] == 1 and first["decoder_passes"] == 1, first
+    rows, cols = np.nonzero(mask)
+    second_file, second = client.infer("thalamus", "fresh", {"roi": box, "foreground": [[int(np.median(cols)),
+                                                                                          int(np.median(rows))]]})
+    assert second["encoder_passes"] == 0 and second["decoder_passes"] == 1, second
+    third_file, _ = client.infer("thalamus", "fresh", {"roi": box})
+    first_mask, third_mask = (np.asarray(Image.open(f)) for f in (first_file, third_file))
+    assert np.array_equal(first_mask, third_mask)  # the cached embedding gives the same answer
+    assert _dice(first_mask > 0, mask) > 0.6
+
+
+def test_clicks_alone_segment_the_structure(server) -> None:
+    """One foreground click at the structure's centre, then a correction: a click-trained model answers with the
+    structure, not an empty mask (what the box-trained demo gave)."""
+    mask = server["mask"]
+    rows, cols = np.nonzero(mask)
+    centre = [int(np.median(cols)), int(np.median(rows))]
+    one_file, one = _client(server).infer("thalamus", "slice", {"foreground": [centre]})
+    one_click = np.asarray(Image.open(one_file)) > 0
+    assert _dice(one_click, mask) > 0.4, _dice(one_click, mask)
+    # a background click far outside the structure leaves it in place
+    two_file, _ = _client(server).infer("thalamus", "slice", {"foreground": [centre], "background": [[5, 5]]})
+    assert _dice(np.asarray(Image.open(two_file)) > 0, mask) > 0.4
+    server["click_dice"] = _dice(one_click, mask)
+
+
+def test_label_named_points_are_foreground_clicks(server) -> None:
+    """3D Slicer's DeepEdit-style requests name the point list after the segment: {'subcortical': [...]}."""
+    rows, cols = np.nonzero(server["mask"])
+    centre = [int(np.median(cols)), int(np.median(rows))]
+    box = _box_of(server["mask"])
+    _, named = _client(server).infer("thalamus", "slice", {"roi": box, "subcortical": [centre], "background": [],
+                                                            "label": "subcortical"})
+    _, plain = _client(server).infer("thalamus", "slice", {"roi": box, "foreground": [centre]})
+    assert named["pixels"] == plain["pixels"] > 0
+
+
+def _propagated(server, params):
+    labels = np.asarray(nib.load(COLIN27_DIR / "aal.nii.gz").dataobj) == RIGHT_THALAMUS
+    result, body = _client(server).infer("thalamus", "colin27", {**params, "result_extension": ".nii.gz"})
+    predicted = np.asarray(nib.load(result).dataobj) > 0
+    present = [z for z in range(labels.shape[2]) if labels[:, :, z].any()]
+    return labels, predicted, present, body
+
+
+def _thalamus_roi(server, k0=None, k1=None):
+    labels = np.asarray(nib.load(COLIN27_DIR / "aal.nii.gz").dataobj) == RIGHT_THALAMUS
+    k = server["slice"]
+    i, j = np.nonzero(labels[:, :, k])
+    return [int(i.min()) - 3, int(i.max()) + 3, int(j.min()) - 3, int(j.max()) + 3, k if k0 is None else k0,
+            k if k1 is None else k1]
+
+
+def test_a_box_on_one_slice_propagates_through_the_volume(server) -> None:
+    """An annotator boxes the right thalamus on one axial slice; neighbouring slices are prompted from the previous
+    slice's mask, both ways, until the mask stops continuing the object. Scored per slice against the AAL labels."""
+    k = server["slice"]
+    labels, predicted, present, body = _propagated(server, {"roi": _thalamus_roi(server)})
+    slices = body["slices"]
+    assert min(slices) < k < max(slices) and body["propagated"] == [z for z in slices if z != k]
+    assert set(np.nonzero(predicted.any(axis=(0, 1)))[0].tolist()) == set(slices)
+    assert min(slices) <= present[0] + 2 and max(slices) >= present[-1] - 2, (slices, present)  # reaches both ends
+    inside = [_dice(predicted[:, :, z], labels[:, :, z]) for z in present]
+    assert np.median(inside) > 0.6, inside
+    # no repeated work: one encoder and one decoder pass per slice tried (each direction tries one slice past the end)
+    assert body["decoder_passes"] <= len(slices) + 2 and body["encoder_passes"] <= body["decoder_passes"], body
+    server["propagation_flat"] = {"slices": [min(slices), max(slices)], "present": [present[0], present[-1]],
+                                  "dice_3d": _dice(predicted, labels), "median_slice_dice": float(np.median(inside))}
+
+
+def test_a_roi_over_the_structure_propagates_from_the_viewed_slice_within_its_range(server) -> None:
+    """3D Slicer's ROI spans slices: with propagate true the box prompts the viewed slice only, the other slices of
+    the ROI's k range get the box of their neighbour's mask. The result stays inside the range."""
+    labels = np.asarray(nib.load(COLIN27_DIR / "aal.nii.gz").dataobj) == RIGHT_THALAMUS
+    present = [z for z in range(labels.shape[2]) if labels[:, :, z].any()]
+    roi = _thalamus_roi(server, present[0] - 2, present[-1] + 2)
+    labels, predicted, present, body = _propagated(server, {"roi": roi, "slice": server["slice"], "propagate": True})
+    assert min(body["slices"]) >= roi[4] and max(body["slices"]) <= roi[5]
+    assert predicted[:, :, : roi[4]].sum() == 0 and predicted[:, :, roi[5] + 1:].sum() == 0
+    dice = _dice(predicted, labels)
+    assert dice > 0.55, dice
+    assert body["decoder_passes"] <= roi[5] - roi[4] + 1, body
+    server["propagation_roi"] = {"dice_3d": dice, "slices": len(body["slices"])}
+
+
+def test_propagation_can_be_turned_off_and_bad_settings_are_422(server) -> None:
+    k = server["slice"]
+    roi = _thalamus_roi(server)
+    _, body = _client(server).infer("thalamus", "colin27", {"roi": roi, "propagate": False})
+    assert body["slices"] == [k] and body["propagated"] == []
+    for params, message in (({"roi": roi, "propagate": "yes"}, "propagate must be true or false"),
+                            ({"roi": roi, "propagation_prompt": "mask"}, "propagation_prompt must be one of")):
+        reply = _infer(server, image="colin27", params=params, output="json")
+        assert reply.status_code == 422 and message in reply.json()["detail"], reply.text

@@ -13,12 +13,16 @@ from medsam_peft.utils.distributed import is_main_process
 class MetricProgressReport:
     """Print the key validation metric before training (zero-shot) and after each validation, and the change."""
 
-    def __init__(self, validator: Engine, metric: str, label: str = "", output_file: str | None = None) -> None:
+    def __init__(self, validator: Engine, metric: str, label: str = "", output_file: str | None = None,
+                 also: list[str] | tuple[str, ...] = ()) -> None:
         self.validator = validator
         self.metric = metric
         self.label = label
         self.output_file = output_file
+        # Other validation metrics reported the same way after the key metric (the click protocol's Dice@k...).
+        self.also = [name for name in also if name != metric]
         self.history: list[tuple[int, float]] = []
+        self.also_history: dict[str, list[tuple[int, float]]] = {name: [] for name in self.also}
 
     def attach(self, trainer: Engine) -> None:
         self.trainer = trainer
@@ -28,10 +32,13 @@ class MetricProgressReport:
         trainer.add_event_handler(Events.COMPLETED, self._report)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": [[float(e), float(v)] for e, v in self.history]}
+        return {"history": [[float(e), float(v)] for e, v in self.history],
+                "also_history": {k: [[float(e), float(v)] for e, v in h] for k, h in self.also_history.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = [(int(e), float(v)) for e, v in state["history"]]
+        saved = state.get("also_history", {})  # absent in checkpoints written before it existed
+        self.also_history = {k: [(int(e), float(v)) for e, v in saved.get(k, [])] for k in self.also}
 
     def _record(self, validator: Engine) -> None:
         value = float(validator.state.metrics[self.metric])
@@ -41,12 +48,26 @@ class MetricProgressReport:
         self.history.append((epoch, value))
         tag = "zero-shot (before tuning)" if epoch == 0 else f"after epoch {epoch}"
         print(f"{self.label}{self.metric} {tag}: {value:.4f}", flush=True)
+        for name in self.also:
+            if name in validator.state.metrics:
+                self.also_history[name].append((epoch, float(validator.state.metrics[name])))
+        if self.also:
+            print(f"{self.label}  also: " + "  ".join(f"{name} {h[-1][1]:.4f}" for name, h in self.also_history.items()
+                                                      if h), flush=True)
 
     def _report(self, trainer: Engine) -> None:
         if not self.history:
             return
         (_, first), (last_epoch, last) = self.history[0], self.history[-1]
-        line = f"{self.label}{self.metric}: zero-shot {first:.4f} -> tuned {last:.4f} (epoch {last_epoch}, {last - first:+.4f})"
-        print(line, flush=True)
+        lines = [f"{self.label}{self.metric}: zero-shot {first:.4f} -> tuned {last:.4f} (epoch {last_epoch}, "
+                 f"{last - first:+.4f})"]
+        # The other metrics at the same two validations: before tuning and the epoch the key metric was last read.
+        for name, history in self.also_history.items():
+            values = dict(history)
+            if 0 in values and last_epoch in values:
+                before, after = values[0], values[last_epoch]
+                lines.append(f"{self.label}{name}: zero-shot {before:.4f} -> tuned {after:.4f} (epoch {last_epoch}, "
+                             f"{after - before:+.4f})")
+        print("\n".join(lines), flush=True)
         if self.output_file:
-            atomic_write_bytes(self.output_file, (line + "\n").encode())
+            atomic_write_bytes(self.output_file, ("\n".join(lines) + "\n").encode())

@@ -72,7 +72,8 @@ class SaveMaskd(MapTransform):
     """Dictionary version of ``SaveMask``: writes ``keys`` to ``output_dir/<stem>_<postfix>.png``, where ``stem`` is
     that of the file behind ``name_key`` (its ``filename_or_obj``): the image for inference, the ground-truth mask in
     evaluation (several structures can share one image); a ``name`` field in the sample overrides it. The path is
-    stored under ``<key>_file``."""
+    stored under ``<key>_file``. A mask with C > 1 channels (the click protocol's box + clicks output) is written as
+    C files ``<stem>_<postfix>_ch<c>.png``, their paths stored as a list."""
 
     def __init__(self, keys: KeysCollection, output_dir: str, name_key: str = "image", postfix: str = "pred",
                  allow_missing_keys: bool = False) -> None:
@@ -85,7 +86,12 @@ class SaveMaskd(MapTransform):
         source = str(getattr(d[self.name_key], "meta", {}).get("filename_or_obj", "image"))
         stem = str(d["name"]) if "name" in d else Path(source).name.split(".")[0]  # an entry's own name wins
         for key in self.key_iterator(d):
-            d[f"{key}_file"] = str(self.saver(d[key], Path(self.output_dir) / f"{stem}_{self.postfix}.png"))
+            mask = d[key]
+            if mask.ndim == 3 and mask.shape[0] > 1:
+                d[f"{key}_file"] = [str(self.saver(mask[c:c + 1], Path(self.output_dir) / f"{stem}_{self.postfix}_ch{c}.png"))
+                                    for c in range(mask.shape[0])]
+            else:
+                d[f"{key}_file"] = str(self.saver(mask, Path(self.output_dir) / f"{stem}_{self.postfix}.png"))
         return d
 
 

@@ -1,0 +1,276 @@
+"""A simulated annotator: SAM-style iterative prompting in training and the click protocol in evaluation.
+
+Training (SAM paper §A.1, micro-sam's trainer): per sample the first prompt is the sample's box or one foreground
+click, with equal probability by default; then a random number (0..``max_corrections``, one draw per batch) of
+correction rounds, each decoded without gradients on the same image embedding: a new click drawn uniformly from the
+error region of the previous prediction (a false-negative pixel is a positive click, a false-positive pixel a
+negative one), with the previous low-resolution logits fed back as the dense mask prompt. The prediction after the
+last round is the one the loss sees, so every prompt count from one click on is trained, at the cost of one encoder
+pass and a few decoder passes per step.
+
+Evaluation (the click protocol of RITM / SimpleClick / micro-sam): from an empty prediction, each click is placed
+at the pixel of the current error region farthest from that region's boundary (the centre of the largest error,
+by Euclidean distance transform); false negatives give a positive click, false positives a negative one, ties go to
+the false negatives. Output channel 0 is the prediction from the sample's box alone, channel k (1..``clicks``) the
+prediction after k clicks (no box), each fed the previous click's low-resolution logits. Metrics read one channel
+(``round_output``) or all of them (``NumberOfClicks``: NoC@85 / NoC@90).
+
+The annotator is passed to the network's ``forward`` (``interaction=``), so DDP and autocast see one forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.engines.utils import PrepareBatchExtraInput, default_prepare_batch
+from monai.handlers import IgniteMetricHandler
+from monai.metrics import CumulativeIterationMetric
+from monai.transforms import Randomizable
+from scipy.ndimage import distance_transform_edt
+
+from medsam_peft.errors import ConfigError
+
+Click = tuple[float, float, int]  # (x, y, label): column, row in the network's input frame; 1 = fg, 0 = bg
+
+
+def centre_click(prediction: np.ndarray, target: np.ndarray) -> Click | None:
+    """The protocol's next click for a binary ``prediction`` against ``target`` ((H, W) bool arrays): at the pixel
+    of the false-negative or false-positive region farthest from its boundary, whichever lies deeper (false
+    negatives on ties). None when the prediction is exact."""
+    false_negative, false_positive = target & ~prediction, prediction & ~target
+    best: Click | None = None
+    depth = 0.0
+    for region, label in ((false_negative, 1), (false_positive, 0)):
+        if not region.any():
+            continue
+        # Padding with background makes the image border a boundary too, as the annotator sees it.
+        distance = distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+        row, col = np.unravel_index(int(np.argmax(distance)), distance.shape)
+        if distance[row, col] > depth:
+            best, depth = (float(col), float(row), label), float(distance[row, col])
+    return best
+
+
+def random_error_click(prediction: np.ndarray, target: np.ndarray, rng: np.random.RandomState) -> Click | None:
+    """A training correction: a pixel drawn uniformly from the error region (SAM's sampling), positive where the
+    target is foreground. None when the prediction is exact."""
+    rows, cols = np.nonzero(prediction != target)
+    if rows.size == 0:
+        return None
+    i = rng.randint(rows.size)
+    return float(cols[i]), float(rows[i]), int(target[rows[i], cols[i]])
+
+
+def random_foreground_click(target: np.ndarray, rng: np.random.RandomState) -> Click | None:
+    rows, cols = np.nonzero(target)
+    if rows.size == 0:
+        return None
+    i = rng.randint(rows.size)
+    return float(cols[i]), float(rows[i]), 1
+
+
+def pack_clicks(clicks: Sequence[Sequence[Click]], device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Per-sample click lists as SAM's (B, N, 2) coordinates and (B, N) labels, padded with label -1 (dropped by
+    ``PromptableSam``); (None, None) when no sample has a click."""
+    most = max((len(c) for c in clicks), default=0)
+    if most == 0:
+        return None, None
+    coords = torch.zeros(len(clicks), most, 2)
+    labels = torch.full((len(clicks), most), -1.0)
+    for i, sample in enumerate(clicks):
+        for j, (x, y, label) in enumerate(sample):
+            coords[i, j, 0], coords[i, j, 1], labels[i, j] = x, y, label
+    return coords.to(device), labels.to(device)
+
+
+def _masks(logits: torch.Tensor) -> list[np.ndarray]:
+    return [plane for plane in (logits[:, 0] > 0).cpu().numpy()]
+
+
+class SimulatedAnnotator(Randomizable):
+    """Prompts a ``PromptableSam`` the way an annotator would (see the module docstring).
+
+    Args:
+        box_probability: chance that a training sample starts from its box rather than from one foreground click.
+        max_corrections: most correction clicks per training step (SAM trains with 8 prompt rounds in all).
+        clicks: clicks of the evaluation protocol (output channels 1..clicks); NoC is counted up to this number.
+        mask_prompt: feed the previous round's low-resolution logits back as SAM's dense mask prompt.
+        seed: seeds the training prompts (clicks, box-or-click draws, round counts).
+    """
+
+    def __init__(self, box_probability: float = 0.5, max_corrections: int = 7, clicks: int = 5,
+                 mask_prompt: bool = True, seed: int | None = 0) -> None:
+        if not 0.0 <= box_probability <= 1.0:
+            raise ConfigError(f"box_probability must be in [0, 1], got {box_probability}")
+        if max_corrections < 0 or clicks < 1:
+            raise ConfigError(f"need max_corrections >= 0 and clicks >= 1, got {max_corrections} and {clicks}")
+        self.box_probability = float(box_probability)
+        self.max_corrections = int(max_corrections)
+        self.clicks = int(clicks)
+        self.mask_prompt = bool(mask_prompt)
+        self.last_clicks: list[list[Click]] = []
+        self.last_rounds = 0
+        self.set_random_state(seed)
+
+    def randomize(self, data: Any = None) -> None:  # draws happen in the step, from self.R
+        pass
+
+    def __call__(self, model: torch.nn.Module, image: torch.Tensor, target: torch.Tensor, *,
+                 boxes: torch.Tensor | None = None, points: torch.Tensor | None = None,
+                 point_labels: torch.Tensor | None = None) -> torch.Tensor:
+        targets = [plane for plane in (target[:, 0] > 0.5).cpu().numpy()]
+        if model.training:
+            return self.training_step(model, image, targets, boxes)
+        return self.protocol(model, image, targets, boxes)
+
+    # ---- training ---------------------------------------------------------------------------------------------
+    def training_step(self, model, image: torch.Tensor, targets: list[np.ndarray],
+                      boxes: torch.Tensor | None) -> torch.Tensor:
+        embeddings = model.encode_image(image)
+        size = image.shape[-2:]
+        clicks: list[list[Click]] = []
+        use_box = []
+        for i, tgt in enumerate(targets):
+            first = None if boxes is not None and self.R.rand() < self.box_probability else random_foreground_click(tgt, self.R)
+            # An empty target has no foreground to click: it keeps its box (the whole image for an empty mask).
+            use_box.append(first is None and boxes is not None)
+            clicks.append([first] if first is not None else [])
+        box_prompts = None
+        if boxes is not None and any(use_box):
+            keep = torch.tensor(use_box, device=boxes.device).reshape(-1, *([1] * (boxes.ndim - 1)))
+            box_prompts = torch.where(keep, boxes.float(), torch.full_like(boxes.float(), float("nan")))
+        mask_inputs = None
+        rounds = int(self.R.randint(0, self.max_corrections + 1))
+        with torch.no_grad():
+            for _ in range(rounds):
+                coords, labels = pack_clicks(clicks, image.device)
+                low_res = model.decode(embeddings, box_prompts, coords, labels, mask_inputs)
+                for sample, pred, tgt in zip(clicks, _masks(model.upscale(low_res, size)), targets):
+                    click = random_error_click(pred, tgt, self.R)
+                    if click is not None:
+                        sample.append(click)
+                mask_inputs = low_res if self.mask_prompt else None
+        self.last_clicks, self.last_rounds = clicks, rounds  # what the last step prompted, for inspection
+        coords, labels = pack_clicks(clicks, image.device)
+        return model.upscale(model.decode(embeddings, box_prompts, coords, labels, mask_inputs), size)
+
+    # ---- evaluation -------------------------------------------------------------------------------------------
+    def protocol(self, model, image: torch.Tensor, targets: list[np.ndarray],
+                 boxes: torch.Tensor | None) -> torch.Tensor:
+        """(B, 1 + clicks, S, S) logits: the box prediction, then the prediction after each click."""
+        if boxes is None:
+            raise ConfigError("the click protocol scores the box prompt in channel 0: use prepare_batch "
+                              "%configs/prompts.json::interactive, which feeds each sample's 'box'")
+        embeddings = model.encode_image(image)
+        size = image.shape[-2:]
+        outputs = [model.upscale(model.decode(embeddings, boxes), size)]
+        clicks: list[list[Click]] = [[] for _ in targets]
+        predictions = [np.zeros_like(t) for t in targets]
+        mask_inputs = None
+        for _ in range(self.clicks):
+            for sample, pred, tgt in zip(clicks, predictions, targets):
+                click = centre_click(pred, tgt)
+                if click is not None:
+                    sample.append(click)
+            coords, labels = pack_clicks(clicks, image.device)
+            low_res = model.decode(embeddings, None, coords, labels, mask_inputs)
+            logits = model.upscale(low_res, size)
+            outputs.append(logits)
+            predictions = _masks(logits)
+            mask_inputs = low_res if self.mask_prompt else None
+        return torch.cat(outputs, dim=1)
+
+
+class InteractivePrepareBatch(PrepareBatchExtraInput):
+    """``prepare_batch`` for interactive training and evaluation: the network gets each sample's ``box`` and
+    ``label`` (as ``target``) and the ``annotator`` that prompts it."""
+
+    def __init__(self, annotator: SimulatedAnnotator, box_key: str = "box") -> None:
+        super().__init__({"boxes": box_key})
+        self.annotator = annotator
+
+    def __call__(self, batchdata: dict[str, torch.Tensor], device: str | torch.device | None = None,
+                 non_blocking: bool = False, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
+        image, label, args, extra = super().__call__(batchdata, device, non_blocking, **kwargs)
+        return image, label, args, {**extra, "target": label, "interaction": self.annotator}
+
+
+def round_output(channel: int) -> Callable[[Any], tuple[list[torch.Tensor], list[torch.Tensor]]]:
+    """``output_transform`` giving a metric one channel of the protocol's output: 0 = box, k = after k clicks."""
+
+    def transform(output: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        items = output if isinstance(output, list) else [output]
+        return [item["pred"][channel : channel + 1] for item in items], [item["label"] for item in items]
+
+    return transform
+
+
+def dice_per_round(prediction: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """(B, R, H, W) binary predictions vs (B, 1, H, W) labels -> (B, R) Dice; 1 where both are empty."""
+    pred, lab = prediction.float().flatten(2), label.float().flatten(2)
+    intersection = (pred * lab).sum(-1)
+    total = pred.sum(-1) + lab.sum(-1)
+    return torch.where(total > 0, 2 * intersection / total.clamp_min(1e-12), torch.ones_like(total))
+
+
+class NumberOfClicksMetric(CumulativeIterationMetric):
+    """NoC@threshold: clicks until the Dice reaches ``threshold`` (channels 1.. of the protocol output), the
+    protocol's click count where it never does; averaged over images."""
+
+    def __init__(self, threshold: float = 0.9) -> None:
+        super().__init__()
+        self.threshold = float(threshold)
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        if y is None or y_pred.shape[1] < 2:
+            raise ValueError("NoC needs the click protocol's output (box + clicks channels) and the label")
+        reached = dice_per_round(y_pred[:, 1:], y) >= self.threshold
+        clicks = y_pred.shape[1] - 1
+        first = torch.where(reached.any(1), reached.float().argmax(1) + 1, torch.full_like(reached[:, 0], clicks,
+                                                                                           dtype=torch.long))
+        return first.float()[:, None]
+
+    def aggregate(self) -> torch.Tensor:  # type: ignore[override]
+        values = self.get_buffer()
+        return values.float().mean()
+
+
+class NumberOfClicks(IgniteMetricHandler):
+    """Ignite handler for ``NumberOfClicksMetric`` (gathers over DDP ranks like MONAI's own handlers)."""
+
+    def __init__(self, threshold: float = 0.9, output_transform: Callable = lambda x: x, save_details: bool = True) -> None:
+        super().__init__(metric_fn=NumberOfClicksMetric(threshold), output_transform=output_transform,
+                         save_details=save_details)
+
+
+def interactive_metrics(clicks: int = 5, key: str | None = None) -> dict[str, Any]:
+    """Validation metrics of the click protocol: box Dice, Dice after 1, 3, 5 ... clicks, NoC@85 and NoC@90.
+    ``key`` names one of them to leave out (it is the bundle's key metric)."""
+    from monai.handlers import MeanDice, from_engine
+
+    metrics: dict[str, Any] = {"val_box_dice": MeanDice(include_background=True, output_transform=round_output(0))}
+    for k in sorted({1, 3, 5, clicks} & set(range(1, clicks + 1))):
+        metrics[f"val_dice_click{k}"] = MeanDice(include_background=True, output_transform=round_output(k))
+    for percent in (85, 90):
+        metrics[f"val_noc{percent}"] = NumberOfClicks(percent / 100, output_transform=from_engine(["pred", "label"]))
+    if key is not None:
+        if key not in metrics:
+            raise ConfigError(f"key_metric {key!r} is not a click-protocol metric; choose one of {sorted(metrics)}")
+        metrics.pop(key)
+    return metrics
+
+
+def interactive_key_metric(name: str, clicks: int = 5) -> dict[str, Any]:
+    """The click-protocol metric called ``name`` as a ``key_val_metric`` dict."""
+    metrics = interactive_metrics(clicks)
+    if name not in metrics:
+        raise ConfigError(f"key_metric {name!r} is not a click-protocol metric; choose one of {sorted(metrics)}")
+    return {name: metrics[name]}
+
+
+__all__ = ["InteractivePrepareBatch", "NumberOfClicks", "NumberOfClicksMetric", "SimulatedAnnotator", "centre_click",
+           "dice_per_round", "interactive_key_metric", "interactive_metrics", "pack_clicks", "random_error_click",
+           "round_output"]

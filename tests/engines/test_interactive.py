@@ -1,0 +1,180 @@
+"""The simulated annotator (training prompts, click protocol) and its metrics, against independent re-computations:
+brute-force click placement, SAM's own SamPredictor for mask prompts, plain forwards for every channel, NumPy NoC."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medsam_peft import build_tuned_sam
+from medsam_peft.engines.interactive import (
+    NumberOfClicksMetric,
+    SimulatedAnnotator,
+    centre_click,
+    random_error_click,
+)
+
+
+def _depth_brute_force(region: np.ndarray) -> np.ndarray:
+    """Distance of each region pixel to the nearest pixel outside it, the image's outside counting as outside."""
+    height, width = region.shape
+    rows, cols = np.mgrid[-1:height + 1, -1:width + 1]
+    padded = np.pad(region, 1)
+    outside = np.stack([rows[~padded], cols[~padded]], 1)
+    depth = np.zeros(region.shape)
+    for r, c in zip(*np.nonzero(region)):
+        depth[r, c] = np.sqrt(((outside - [r, c]) ** 2).sum(1)).min()
+    return depth
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_centre_click_is_the_deepest_error_pixel_and_labelled_by_its_kind(seed) -> None:
+    rng = np.random.RandomState(seed)
+    target = np.zeros((24, 28), bool)
+    target[4:16, 3:20] = True
+    prediction = np.zeros_like(target)
+    prediction[rng.randint(0, 8):rng.randint(12, 24), rng.randint(0, 10):rng.randint(14, 28)] = True
+    x, y, label = centre_click(prediction, target)
+    fn, fp = _depth_brute_force(target & ~prediction), _depth_brute_force(prediction & ~target)
+    deepest = max(fn.max(), fp.max())
+    chosen = (fn if label == 1 else fp)[int(y), int(x)]
+    assert chosen == pytest.approx(deepest)
+    assert label == (1 if fn.max() >= fp.max() else 0)
+    assert bool(target[int(y), int(x)]) == (label == 1)
+
+
+def test_centre_click_on_an_empty_prediction_is_inside_the_object_and_none_when_exact() -> None:
+    target = np.zeros((30, 30), bool)
+    target[5:15, 5:25] = True  # 10 x 20: the deepest pixels lie on the middle rows
+    x, y, label = centre_click(np.zeros_like(target), target)
+    assert label == 1 and y in (9.0, 10.0) and 9 <= x <= 20
+    assert centre_click(target.copy(), target) is None
+    rng = np.random.RandomState(0)
+    assert random_error_click(target.copy(), target, rng) is None
+    wrong = target.copy()
+    wrong[20:25, 20:25] = True
+    for _ in range(20):
+        x, y, label = random_error_click(wrong, target, rng)
+        assert wrong[int(y), int(x)] != target[int(y), int(x)] and label == 0
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return build_tuned_sam("vit_tiny", None, "lora", image_size=64, mask_tokens=None).eval()
+
+
+def _target(batch: int = 2) -> torch.Tensor:
+    target = torch.zeros(batch, 1, 64, 64)
+    target[0, 0, 10:30, 12:40] = 1
+    target[-1, 0, 30:60, 20:50] = 1
+    return target
+
+
+def test_padding_points_and_nan_boxes_decode_each_image_as_if_alone(tiny_model) -> None:
+    image = torch.rand(2, 3, 64, 64)
+    points = torch.tensor([[[20.0, 20.0], [0.0, 0.0]], [[30.0, 40.0], [45.0, 50.0]]])
+    labels = torch.tensor([[1.0, -1.0], [1.0, 0.0]])
+    boxes = torch.tensor([[float("nan")] * 4, [20.0, 30.0, 50.0, 60.0]])
+    with torch.no_grad():
+        both = tiny_model(image, boxes, points, labels)
+        first = tiny_model(image[:1], None, points[:1, :1], labels[:1, :1])
+        second = tiny_model(image[1:], boxes[1:], points[1:], labels[1:])
+    torch.testing.assert_close(both[:1], first)  # equal up to batched-vs-single encoder rounding
+    torch.testing.assert_close(both[1:], second)
+
+
+def test_mask_prompt_matches_segment_anythings_predictor(tiny_model) -> None:
+    from segment_anything import SamPredictor
+    from segment_anything.modeling import Sam
+
+    sam = tiny_model.model
+    official = Sam(sam.image_encoder, sam.prompt_encoder, sam.mask_decoder).eval()
+    predictor = SamPredictor(official)
+    image = torch.rand(1, 3, 64, 64)
+    mask_input = torch.randn(1, 1, 16, 16) * 4
+    points, labels = torch.tensor([[[20.0, 22.0], [40.0, 30.0]]]), torch.tensor([[1.0, 0.0]])
+    with torch.no_grad():
+        ours = sam.decode(sam.encode_image(image), None, points, labels, mask_input)
+        without = sam.decode(sam.encode_image(image), None, points, labels)
+        predictor.features = sam.encode_image(image)  # the same embedding (SamPredictor normalises 0-255 input)
+        predictor.is_image_set, predictor.original_size, predictor.input_size = True, (64, 64), (64, 64)
+        _, _, low_res = predictor.predict_torch(points, labels, mask_input=mask_input, multimask_output=False)
+    torch.testing.assert_close(ours, low_res)
+    assert (ours - without).abs().max() > 1e-3  # the mask prompt is not ignored
+
+
+def test_protocol_channels_equal_plain_forwards_with_the_recomputed_clicks(tiny_model) -> None:
+    image, target = torch.rand(2, 3, 64, 64), _target()
+    boxes = torch.tensor([[12.0, 10.0, 39.0, 29.0], [20.0, 30.0, 49.0, 59.0]])
+    annotator = SimulatedAnnotator(clicks=3)
+    with torch.no_grad():
+        out = tiny_model(image, boxes, target=target, interaction=annotator)
+        assert out.shape == (2, 4, 64, 64)
+        torch.testing.assert_close(out[:, :1], tiny_model(image, boxes))
+        sam = tiny_model.model
+        embeddings = sam.encode_image(image)
+        clicks = [[], []]
+        previous_low = None
+        prediction = [np.zeros((64, 64), bool)] * 2
+        for k in range(1, 4):  # the protocol re-done by hand, sample by sample
+            for i in range(2):
+                click = centre_click(prediction[i], target[i, 0].numpy() > 0.5)
+                clicks[i].append(click)
+            lows = []
+            for i in range(2):
+                pts = torch.tensor([[[c[0], c[1]] for c in clicks[i]]])
+                labs = torch.tensor([[float(c[2]) for c in clicks[i]]])
+                lows.append(sam.decode(embeddings[i:i + 1], None, pts, labs,
+                                       None if previous_low is None else previous_low[i:i + 1]))
+            previous_low = torch.cat(lows)
+            logits = sam.upscale(previous_low, (64, 64))
+            torch.testing.assert_close(out[:, k:k + 1], logits)
+            prediction = [logits[i, 0].numpy() > 0 for i in range(2)]
+
+
+def test_training_step_trains_the_last_round_from_box_or_clicks_consistent_with_the_target(tiny_model) -> None:
+    image, target = torch.rand(2, 3, 64, 64), _target()
+    boxes = torch.tensor([[12.0, 10.0, 39.0, 29.0], [20.0, 30.0, 49.0, 59.0]])
+    tiny_model.train()
+    try:
+        # box only, no corrections: exactly the box forward
+        out = tiny_model(image, boxes, target=target, interaction=SimulatedAnnotator(1.0, max_corrections=0))
+        torch.testing.assert_close(out, tiny_model(image, boxes))
+        annotator = SimulatedAnnotator(0.0, max_corrections=6, seed=3)
+        counts = set()
+        for _ in range(6):
+            out = tiny_model(image, boxes, target=target, interaction=annotator)
+            out.mean().backward()
+            assert annotator.last_rounds <= 6
+            for i, sample in enumerate(annotator.last_clicks):
+                assert sample[0][2] == 1 and target[i, 0, int(sample[0][1]), int(sample[0][0])] == 1
+                for x, y, label in sample:  # corrections: positive exactly on the object, negative off it
+                    assert label == int(target[i, 0, int(y), int(x)])
+                counts.add(len(sample))
+        assert len(counts) > 1  # the number of correction rounds varies between steps
+        trainable = [p for p in tiny_model.parameters() if p.requires_grad]
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable)
+    finally:
+        tiny_model.eval()
+        tiny_model.zero_grad(set_to_none=True)
+
+
+def test_number_of_clicks_metric_matches_numpy() -> None:
+    rng = np.random.RandomState(0)
+    label = rng.rand(6, 1, 16, 16) > 0.6
+    pred = np.stack([label[:, 0] ^ (rng.rand(6, 16, 16) > q) for q in (0.5, 0.5, 0.7, 0.9, 0.97, 0.995)], 1)
+
+    def dice(a, b):
+        return 2 * (a & b).sum() / max(1, a.sum() + b.sum())
+
+    for threshold in (0.85, 0.9):
+        expected = []
+        for i in range(6):
+            reached = [k for k in range(1, 6) if dice(pred[i, k], label[i, 0]) >= threshold]
+            expected.append(reached[0] if reached else 5)
+        metric = NumberOfClicksMetric(threshold)
+        metric(y_pred=torch.as_tensor(pred).float(), y=torch.as_tensor(label).float())
+        assert metric.aggregate().item() == pytest.approx(np.mean(expected))
+        assert 1 < np.mean(expected) < 5  # both reached and capped images are in the sample
