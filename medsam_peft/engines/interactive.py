@@ -3,8 +3,9 @@
 Training (SAM paper §A.1, micro-sam's trainer): per sample the first prompt is the sample's box or one foreground
 click, with equal probability by default; then a random number (0..``max_corrections``, one draw per batch) of
 correction rounds, each decoded without gradients on the same image embedding: a new click drawn uniformly from the
-error region of the previous prediction (a false-negative pixel is a positive click, a false-positive pixel a
-negative one), with the previous low-resolution logits fed back as the dense mask prompt. The prediction after the
+error region of the previous prediction (SAM) or, with ``centre_probability``, at its centre as the protocol places
+it (RITM's iterative training); a false-negative pixel is a positive click, a false-positive pixel a negative one;
+the previous low-resolution logits are fed back as the dense mask prompt. The prediction after the
 last round is the one the loss sees, so every prompt count from one click on is trained, at the cost of one encoder
 pass and a few decoder passes per step.
 
@@ -98,11 +99,15 @@ class SimulatedAnnotator(Randomizable):
         max_corrections: most correction clicks per training step (SAM trains with 8 prompt rounds in all).
         clicks: clicks of the evaluation protocol (output channels 1..clicks); NoC is counted up to this number.
         mask_prompt: feed the previous round's low-resolution logits back as SAM's dense mask prompt.
+        centre_probability: chance that a training correction is placed as the protocol places it (the centre of the
+            deepest error) instead of uniformly in the error region: uniform clicks fall mostly on the thin error bands
+            at the boundary, and a model trained only on them erased whole structures on the protocol's central
+            negative clicks (measured: Dice of some images fell from 0.74 to 0.0 over five clicks).
         seed: seeds the training prompts (clicks, box-or-click draws, round counts).
     """
 
     def __init__(self, box_probability: float = 0.5, max_corrections: int = 7, clicks: int = 5,
-                 mask_prompt: bool = True, seed: int | None = 0) -> None:
+                 mask_prompt: bool = True, centre_probability: float = 0.5, seed: int | None = 0) -> None:
         if not 0.0 <= box_probability <= 1.0:
             raise ConfigError(f"box_probability must be in [0, 1], got {box_probability}")
         if max_corrections < 0 or clicks < 1:
@@ -111,6 +116,9 @@ class SimulatedAnnotator(Randomizable):
         self.max_corrections = int(max_corrections)
         self.clicks = int(clicks)
         self.mask_prompt = bool(mask_prompt)
+        if not 0.0 <= centre_probability <= 1.0:
+            raise ConfigError(f"centre_probability must be in [0, 1], got {centre_probability}")
+        self.centre_probability = float(centre_probability)
         self.last_clicks: list[list[Click]] = []
         self.last_rounds = 0
         self.set_random_state(seed)
@@ -149,7 +157,8 @@ class SimulatedAnnotator(Randomizable):
                 coords, labels = pack_clicks(clicks, image.device)
                 low_res = model.decode(embeddings, box_prompts, coords, labels, mask_inputs)
                 for sample, pred, tgt in zip(clicks, _masks(model.upscale(low_res, size)), targets):
-                    click = random_error_click(pred, tgt, self.R)
+                    centre = self.R.rand() < self.centre_probability
+                    click = centre_click(pred, tgt) if centre else random_error_click(pred, tgt, self.R)
                     if click is not None:
                         sample.append(click)
                 mask_inputs = low_res if self.mask_prompt else None
