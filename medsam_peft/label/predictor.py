@@ -245,10 +245,10 @@ class BundlePredictor:
             encoded.append(1)
             return sam.encode_image(batch)
 
+        if box is None and points is None and mask_input is None and not self.prompt_free:
+            raise LabelRequestError(422, f"model {self.name!r} needs a prompt on this image")
         with torch.no_grad(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
             embedding = self.embeddings.get_or_compute(model_input, encode)
-            if box is None and points is None and mask_input is None and not self.prompt_free:
-                raise LabelRequestError(422, f"model {self.name!r} needs a prompt on this image")
             low_res = sam.decode(embedding, box, points, point_labels, mask_input)
             logits = sam.upscale(low_res, model_input.shape[-2:]).float()
         if counts is not None:
