@@ -56,6 +56,16 @@ def cacheable_split(encoder: nn.Module, adapted: set[str]) -> str | None:
     return None
 
 
+def content_key(image: torch.Tensor, scope: str = "") -> str:
+    """Hash of a tensor's content, shape and dtype, the autocast state it is computed under, and ``scope``."""
+    digest = hashlib.sha1(scope.encode())
+    autocast = torch.is_autocast_enabled(image.device.type)
+    dtype = torch.get_autocast_dtype(image.device.type) if autocast else image.dtype
+    digest.update(f"{tuple(image.shape)}|{image.dtype}|{dtype}|{autocast}".encode())
+    digest.update(image.detach().cpu().contiguous().view(torch.uint8).numpy())  # the buffer, no bytes copy
+    return digest.hexdigest()
+
+
 def _fingerprint(module: nn.Module, skip_prefix: str | None = None) -> str:
     digest = hashlib.sha1()
     for name, tensor in module.state_dict().items():
@@ -92,12 +102,7 @@ class TrunkEmbeddingCache:
         self.scope = f"{split}-{_fingerprint(encoder, 'neck.' if split == 'neck' else None)}"
 
     def key(self, image: torch.Tensor) -> str:
-        digest = hashlib.sha1(self.scope.encode())
-        autocast = torch.is_autocast_enabled(image.device.type)
-        dtype = torch.get_autocast_dtype(image.device.type) if autocast else image.dtype
-        digest.update(f"{tuple(image.shape)}|{image.dtype}|{dtype}|{autocast}".encode())
-        digest.update(image.detach().cpu().contiguous().view(torch.uint8).numpy())  # the buffer, no bytes copy
-        return digest.hexdigest()
+        return content_key(image, self.scope)
 
     def _path(self, key: str) -> Path:
         assert self.directory is not None
@@ -176,18 +181,9 @@ class ImageEmbeddingCache:
         self.misses = 0
         self._lock = threading.Lock()
 
-    @staticmethod
-    def key(image: torch.Tensor, scope: str = "") -> str:
-        digest = hashlib.sha1(scope.encode())
-        autocast = torch.is_autocast_enabled(image.device.type)
-        dtype = torch.get_autocast_dtype(image.device.type) if autocast else image.dtype
-        digest.update(f"{tuple(image.shape)}|{image.dtype}|{dtype}".encode())
-        digest.update(image.detach().cpu().contiguous().view(torch.uint8).numpy())
-        return digest.hexdigest()
-
     def get_or_compute(self, image: torch.Tensor, compute, scope: str = "") -> torch.Tensor:
         """The embedding of ``image`` (one batch, looked up as a whole), computing and keeping it on a miss."""
-        key = self.key(image, scope)
+        key = content_key(image, scope)
         with self._lock:
             value = self.entries.get(key)
             if value is not None:

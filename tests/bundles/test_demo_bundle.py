@@ -19,6 +19,7 @@ from PIL import Image
 from medsam_peft import load_tuned_sam
 from medsam_peft.engines import AutocastInferer
 from medsam_peft.transforms import ResizeLongestSide, RestoreOriginalSize
+from tests.bundle_runner import run_bundle as _run_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -89,17 +90,6 @@ def test_final_adapter_reproduces_the_reported_dice_independently(demo_run) -> N
         dices.append(2 * np.logical_and(pred, truth).sum() / (pred.sum() + truth.sum()))
     tuned = float(re.search(r"tuned ([\d.]+)", (out / "run" / "metric_report.txt").read_text()).group(1))
     assert float(np.mean(dices)) == pytest.approx(tuned, abs=2e-3)
-
-
-def _run_bundle(configs: list[str], overrides: dict[str, str]) -> str:
-    files = str([str(REPO / c) for c in configs])
-    args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files]
-    for key, value in overrides.items():
-        args += [f"--{key}", value]
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done.stdout + done.stderr
 
 
 def _tiny(out) -> dict[str, str]:

@@ -5,10 +5,7 @@ protocol channel as a PNG at the original size, and its metrics equal a NumPy re
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -17,18 +14,10 @@ import pytest
 from monai.data import load_decathlon_datalist
 from PIL import Image
 
+from tests.bundle_runner import run_bundle as _run
+
 REPO = Path(__file__).resolve().parents[2]
 CLICKS = 3
-
-
-def _run(configs: list[str], overrides: dict[str, str]) -> str:
-    args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str([str(REPO / c) for c in configs])]
-    for key, value in overrides.items():
-        args += [f"--{key}", value]
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done.stdout + done.stderr
 
 
 @pytest.fixture(scope="module")
