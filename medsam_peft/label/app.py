@@ -218,5 +218,67 @@ def answer_infer(app: Any, infer, request: dict[str, Any], datastore=None) -> di
         raise HTTPException(status_code=409, detail=str(err)) from err
 
 
-__all__ = ["BrokenBundleTask", "SamBundleInferTask", "answer_infer", "guard_infer_endpoint", "infer_tasks", "parse_params",
-           "result_suffix"]
+def served_predictors(infers: dict[str, InferTask]) -> dict[str, BundlePredictor]:
+    """The predictors of the bundles that load (broken bundles get no train or scoring task)."""
+    return {name: task.predictor for name, task in infers.items()
+            if isinstance(task, SamBundleInferTask) and task.is_valid()}
+
+
+def train_tasks(app_dir: str, conf: dict[str, str], infers: dict[str, InferTask]) -> dict[str, Any]:
+    """A ``train`` task per served bundle (``medsam_peft.label.train``), its runs under ``<app_dir>/train/<model>``.
+    ``--conf configs DIR`` names medsam_peft's configs/ folder when the package is not a source checkout."""
+    from medsam_peft.label.train import SamBundleTrainTask
+
+    return {name: SamBundleTrainTask(predictor, Path(app_dir) / "train" / name, conf.get("configs"),
+                                     device=conf.get("device", "cpu"))
+            for name, predictor in served_predictors(infers).items()}
+
+
+def guard_train_endpoint(app_instance) -> None:
+    """Check ``POST /train/{model}`` before MONAI Label queues it (idempotent): an unknown model is a 404 and bad
+    settings a 422 with the reason, answered to the caller instead of failing later in the background process."""
+    from monailabel.endpoints import train as endpoint
+
+    from medsam_peft.label.train import parse_train_request
+
+    original = endpoint.run_model
+    if getattr(original, "medsam_peft_guard", False):
+        return
+
+    def run_model(model, params=None, run_sync=False, enqueue=False):
+        trainers = app_instance()._trainers
+        if model not in trainers:
+            raise HTTPException(status_code=404, detail=f"no train task for model {str(model)[:80]!r}; this server "
+                                                        f"trains {sorted(trainers)}")
+        if params is not None and not isinstance(params, dict):
+            raise HTTPException(status_code=422, detail="params must be a JSON object")
+        try:
+            parse_train_request(params or {})
+        except LabelRequestError as err:
+            raise HTTPException(status_code=err.status, detail=str(err)) from err
+        return original(model, params, run_sync, enqueue)
+
+    run_model.medsam_peft_guard = True
+    endpoint.run_model = run_model
+
+
+def answer_task(task, request: dict[str, Any]) -> dict[str, Any]:
+    """MONAI Label's ``train``/``scoring`` with the caller's mistakes as 4xx and a task that cannot run as 409 (what a
+    synchronous ``run_sync`` request sees; an unknown task or method is a 404, not MONAI Label's 500)."""
+    from monailabel.interfaces.exception import MONAILabelException
+
+    from medsam_peft.errors import DataError
+    from medsam_peft.label.train import TrainRunError
+
+    try:
+        return task(request)
+    except LabelRequestError as err:
+        raise HTTPException(status_code=err.status, detail=str(err)) from err
+    except (DataError, BundleError, TrainRunError) as err:
+        raise HTTPException(status_code=409, detail=str(err)) from err
+    except MONAILabelException as err:
+        raise HTTPException(status_code=404, detail=err.msg) from err
+
+
+__all__ = ["BrokenBundleTask", "SamBundleInferTask", "answer_infer", "answer_task", "guard_infer_endpoint",
+           "guard_train_endpoint", "infer_tasks", "parse_params", "result_suffix", "served_predictors", "train_tasks"]

@@ -173,6 +173,7 @@ class BundlePredictor:
         self.embeddings = ImageEmbeddingCache(embedding_cache_size)
         self._error: BundleError | None = None
         self._lock = threading.Lock()
+        self._loaded_version: tuple[int, int, int] | None = None
 
     @property
     def name(self) -> str:
@@ -188,12 +189,27 @@ class BundlePredictor:
         """Trained without prompts (Conv-LoRA's mode): served as an automatic task."""
         return self.prompt == "none"
 
+    def _adapter_version(self) -> tuple[int, int, int] | None:
+        try:
+            stat = self.adapter_file.stat()
+        except OSError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
     def model(self):
-        """The tuned model; a load failure is remembered and raised as ``BundleError`` on every call."""
+        """The tuned model; a load failure is remembered and raised as ``BundleError`` on every call.
+
+        A new ``models/model.pt`` (MONAI Label's train task replaces it by an atomic rename) is loaded on the next
+        call, with the cached image embeddings dropped: a tuned encoder embeds differently."""
         with self._lock:
+            version = self._adapter_version()
+            if version != self._loaded_version and (self._model is not None or self._error is not None):
+                self._model, self._error = None, None
+                self.embeddings.clear()
             if self._error is not None:
                 raise self._error
             if self._model is None:
+                self._loaded_version = version
                 from medsam_peft.tuners import load_tuned_sam
 
                 try:
@@ -209,9 +225,11 @@ class BundlePredictor:
         return getattr(model, "model", model)  # TunedSam wraps the PromptableSam whose encoder/decoder we call
 
     def predict_image(self, image: np.ndarray, prompts: Prompts, mask_input: torch.Tensor | None = None,
-                      counts: dict[str, int] | None = None) -> tuple[np.ndarray, torch.Tensor]:
-        """``image``: (H, W) or (H, W, 3) float in [0, 1]. Returns the (H, W) uint8 mask (0/1) and the decoder's
-        low-resolution logits (1, 1, S/4, S/4), which a later call on a similar image may take as ``mask_input``.
+                      counts: dict[str, int] | None = None, probabilities: bool = False
+                      ) -> tuple[np.ndarray, torch.Tensor]:
+        """``image``: (H, W) or (H, W, 3) float in [0, 1]. Returns the (H, W) uint8 mask (0/1) (with
+        ``probabilities``: the float foreground probability instead) and the decoder's low-resolution logits
+        (1, 1, S/4, S/4), which a later call on a similar image may take as ``mask_input``.
 
         The image embedding comes from ``self.embeddings`` when this exact network input was encoded before, so a
         further prompt on the same image runs only the prompt encoder and the mask decoder. ``counts`` (if given)
@@ -255,8 +273,10 @@ class BundlePredictor:
             counts["encoder_passes"] = counts.get("encoder_passes", 0) + len(encoded)
             counts["decoder_passes"] = counts.get("decoder_passes", 0) + 1
         prob = MetaTensor(torch.sigmoid(logits[0, :1].cpu()), applied_operations=list(net_input.applied_operations))
-        restored = resizer.inverse(prob).as_tensor()[0]
-        return (restored.numpy() > self.threshold).astype(np.uint8), low_res.float()
+        restored = resizer.inverse(prob).as_tensor()[0].numpy()
+        if probabilities:
+            return restored, low_res.float()
+        return (restored > self.threshold).astype(np.uint8), low_res.float()
 
     # ---- a request ----------------------------------------------------------------------------------------------
     def segment_file(self, path: str | Path, params: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any], Any]:

@@ -79,6 +79,8 @@ def server(tmp_path_factory):
     shutil.copytree(bundle, automatic)
     config = json.loads((automatic / "configs/inference.json").read_text())
     (automatic / "configs/inference.json").write_text(json.dumps({**config, "prompt": "none"}))
+    # a copy the train test fine-tunes, so that the other tests keep serving the fixture's adapter
+    shutil.copytree(bundle, app / "model" / "trainable")
 
     # 3. studies: a validation slice (PNG) with its right-thalamus mask, and the whole Colin27 volume
     studies = root / "studies"
@@ -94,11 +96,12 @@ def server(tmp_path_factory):
 
     port = _free_port()
     command = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies",
-               str(studies), "--conf", "models", "thalamus,mismatched,corrupt,automatic", "--conf", "zoo_source", "local",
+               str(studies), "--conf", "models", "thalamus,mismatched,corrupt,automatic,trainable", "--conf", "zoo_source", "local",
                "--host", "127.0.0.1", "--port", str(port)]
     log = open(root / "server.log", "w")
-    server_env = {**env, "MONAI_LABEL_TASKS_TRAIN": "false", "MONAI_LABEL_TASKS_SCORING": "false",
-                  "MONAI_LABEL_TASKS_BATCH_INFER": "false", "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false"}
+    # scoring runs when asked only (by default MONAI Label scores every image after each train and next_sample)
+    server_env = {**env, "MONAI_LABEL_AUTO_UPDATE_SCORING": "false", "MONAI_LABEL_TASKS_BATCH_INFER": "false",
+                  "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false"}
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=server_env, cwd=root)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -113,7 +116,7 @@ def server(tmp_path_factory):
         assert process.poll() is None, (root / "server.log").read_text()[-4000:]
         mask = np.asarray(Image.open(root / "data" / entry["label"])) > 0
         yield {"url": url, "process": process, "mask": mask, "root": root, "log": root / "server.log",
-               "slice": int(entry["slice"]), "outside": outside}
+               "slice": int(entry["slice"]), "outside": outside, "app": app, "datalist": datalist}
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -433,3 +436,133 @@ def test_propagation_can_be_turned_off_and_bad_settings_are_422(server) -> None:
                             ({"roi": roi, "propagation_prompt": "mask"}, "propagation_prompt must be one of")):
         reply = _infer(server, image="colin27", params=params, output="json")
         assert reply.status_code == 422 and message in reply.json()["detail"], reply.text
+
+
+# ---- training from the datastore, scoring and active learning (MONAI Label's train/scoring/activelearning) -------
+MIN_PIXELS = 20  # the train task's default: smaller objects are not used
+
+
+def _label_maps(server, count=4):
+    """Annotators' final labels: ``count`` training slices, every structure on a slice as its own label value."""
+    data = server["root"] / "data"
+    by_image: dict[str, list[dict]] = {}
+    for entry in server["datalist"]["training"]:
+        by_image.setdefault(entry["image"], []).append(entry)
+    chosen = sorted(by_image, key=lambda name: -len(by_image[name]))[:count]
+    maps = {}
+    for index, name in enumerate(chosen):
+        labels = np.zeros(np.asarray(Image.open(data / name)).shape[:2], dtype=np.uint8)
+        for value, entry in enumerate(by_image[name], start=1):
+            labels[np.asarray(Image.open(data / entry["label"])) > 0] = value
+        maps[f"train{index}"] = (data / name, labels)
+    return maps
+
+
+def _wait_for_training(client, timeout=900):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = client.train_status()
+        if status.get("status") in ("DONE", "ERROR"):
+            return status
+        time.sleep(2)
+    raise AssertionError(f"training still running after {timeout} s: {status}")
+
+
+def test_train_fine_tunes_the_adapter_from_the_datastore_then_serves_it(server, tmp_path) -> None:
+    """Annotators label slices, press Train: the adapter is fine-tuned on the datastore's final labels in MONAI
+    Label's background train process, replaces the bundle's model.pt if it validates better, and the next click is
+    answered by the new adapter."""
+    from monailabel.client.client import MONAILabelClientException
+
+    client = _client(server)
+    maps = _label_maps(server)
+    for image_id, (image, labels) in maps.items():
+        client.upload_image(str(image), image_id)
+        label_file = tmp_path / f"{image_id}_label.png"
+        Image.fromarray(labels).save(label_file)
+        client.save_label(image_id, str(label_file), tag="final")
+    expected = {image_id: sum(int((labels == v).sum()) >= MIN_PIXELS for v in np.unique(labels) if v)
+                for image_id, (_, labels) in maps.items()}
+    # the caller's mistakes are answered at once, before anything is queued
+    for model, params, status, message in (("nosuch", {}, 404, "no train task for model"),
+                                           ("trainable", {"max_epochs": "many"}, 422, "max_epochs must be"),
+                                           ("trainable", {"val_split": 0}, 422, "val_split must be between"),
+                                           ("trainable", {"publish": "never"}, 422, "publish must be one of")):
+        reply = requests.post(f"{server['url']}/train/{model}", json=params, timeout=30)
+        assert reply.status_code == status and message in reply.json()["detail"], reply.text
+    bundle = server["app"] / "model" / "trainable"
+    served = (bundle / "models/model.pt").read_bytes()
+    box = _box_of(server["mask"])
+    before_file, _ = client.infer("trainable", "slice", {"roi": box})
+    before_mask = np.asarray(Image.open(before_file))
+
+    # "publish": "always" takes the last epoch's adapter; by default it must validate better than the served one
+    client.train_start("trainable", {"max_epochs": 1, "val_split": 0.25, "publish": "always"})
+    status = _wait_for_training(client)
+    log = (server["app"] / "train" / "trainable").glob("*/train.log")
+    assert status["status"] == "DONE", (status, [p.read_text()[-3000:] for p in log])
+    run = json.loads((server["app"] / "train" / "trainable" / "last_run.json").read_text())
+    # whole images go to validation: one of the four labelled images, its every object
+    assert run["images"] == len(maps) and run["train_samples"] + run["val_samples"] == sum(expected.values()), run
+    assert run["val_samples"] == expected[sorted(expected)[-1]], (run, expected)
+    info = requests.get(f"{server['url']}/info/", timeout=10).json()
+    assert info["trainers"]["trainable"]["config"]["max_epochs"] == 1  # MONAI Label's train panel
+    assert info["train_stats"]["trainable"]["run"] == run["run"]
+    run_dir = server["app"] / "train" / "trainable" / run["run"]
+    now = (bundle / "models/model.pt").read_bytes()
+    assert run["replaced"] and now == (run_dir / "adapter_final.pt").read_bytes() != served
+    history = list((bundle / "models/history").glob("model_*.pt"))
+    assert [p.read_bytes() == served for p in history] == [True]
+    assert json.loads((bundle / "configs/metadata.json").read_text())["version"] == "0.1.1"
+    # the served adapter's score on the validation image before the first epoch, and the epoch's
+    assert set(run["metrics"]) >= {"val_dice_click3", "val_box_dice", "val_dice_click1", "val_noc85"}, run
+    # the next request is answered by the new adapter: the image is encoded again, the mask changes
+    after_file, after = client.infer("trainable", "slice", {"roi": box})
+    assert after["encoder_passes"] == 1, after
+    assert not np.array_equal(np.asarray(Image.open(after_file)), before_mask)
+    server["train_run"] = {k: run[k] for k in ("train_samples", "val_samples", "seconds", "replaced", "metrics")}
+    with pytest.raises(MONAILabelClientException, match="422"):
+        client.train_start("thalamus", {"learning_rate": -1})
+
+
+def test_dice_scoring_equals_a_numpy_recomputation_from_served_masks(server) -> None:
+    """``dice`` scores the served model on each labelled image, prompted with each object's box (3 px margin):
+    recomputed here from masks the infer endpoint returns for the same boxes."""
+    reply = requests.post(f"{server['url']}/scoring/dice_thalamus", params={"run_sync": "true"}, timeout=600)
+    assert reply.status_code == 200, reply.text
+    scores = reply.json()
+    maps = _label_maps(server)
+    assert sorted(scores) == sorted(maps)
+    for image_id in sorted(maps)[:2]:
+        labels = maps[image_id][1]
+        dices = []
+        for value in (v for v in np.unique(labels) if v):
+            target = labels == value
+            if target.sum() < MIN_PIXELS:
+                continue
+            answer = _infer(server, image=image_id, params={"roi": _box_of(target)})
+            assert answer.status_code == 200, answer.text
+            dices.append(_dice(np.asarray(Image.open(io.BytesIO(answer.content))) > 0, target))
+        assert abs(scores[image_id] - float(np.mean(dices))) < 1e-9, (image_id, scores[image_id], dices)
+    bad = requests.post(f"{server['url']}/scoring/nosuch", params={"run_sync": "true"}, timeout=30)
+    assert bad.status_code == 404, bad.text
+    bad = requests.post(f"{server['url']}/scoring/dice", params={"run_sync": "true"}, json={"max_planes": 0},
+                        timeout=30)
+    assert bad.status_code == 422 and "max_planes" in bad.json()["detail"], bad.text
+
+
+def test_strategies_offer_unlabelled_images_and_epistemic_ranks_them(server) -> None:
+    client = _client(server)
+    labelled = set(_label_maps(server))
+    unlabelled = {d for d in client.datastore()["objects"]} - labelled
+    assert client.next_sample("random", {})["id"] in unlabelled
+    assert client.next_sample("first", {})["id"] == sorted(unlabelled)[0]
+    reply = requests.post(f"{server['url']}/scoring/epistemic", params={"run_sync": "true"},
+                          json={"max_planes": 1}, timeout=600)
+    assert reply.status_code == 200, reply.text
+    scores = reply.json()
+    assert "corrupt" not in scores and set(scores) == unlabelled - {"corrupt"}, scores
+    assert all(0 < s < np.log(2) for s in scores.values()), scores
+    assert client.next_sample("epistemic", {})["id"] == max(scores, key=scores.get)
+    bad = requests.post(f"{server['url']}/activelearning/nosuch", timeout=30)
+    assert bad.status_code == 404, bad.text
