@@ -65,9 +65,8 @@ METRIC_LINE = re.compile(r"^(\w+): zero-shot ([-\d.]+) -> tuned ([-\d.]+) \(epoc
 def package_configs_dir(configured: str | os.PathLike | None = None) -> Path:
     """The folder holding ``configs/train.json`` (the workflow every bundle runs): ``configured`` (``--conf configs
     DIR``) or the source checkout the package is installed from (``pip install -e .``)."""
-    import medsam_peft
-
-    folder = Path(configured) if configured else Path(medsam_peft.__file__).resolve().parents[1] / "configs"
+    checkout = Path(__file__).resolve().parents[2]  # medsam_peft/label/train.py -> the source checkout
+    folder = Path(configured) if configured else checkout / "configs"
     if not (folder / "train.json").is_file():
         raise BundleError(f"training needs medsam_peft's configs/ folder (configs/train.json), not found in {folder}; "
                           "install medsam_peft from its source checkout (pip install -e .) or start the server with "
