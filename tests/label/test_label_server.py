@@ -438,6 +438,24 @@ def test_propagation_can_be_turned_off_and_bad_settings_are_422(server) -> None:
         assert reply.status_code == 422 and message in reply.json()["detail"], reply.text
 
 
+def test_clicks_on_two_slices_segment_both(server) -> None:
+    """3-D clicks [i, j, k] on any slices: each clicked slice is segmented from its own clicks."""
+    labels = np.asarray(nib.load(COLIN27_DIR / "aal.nii.gz").dataobj) == RIGHT_THALAMUS
+    k = server["slice"]
+    clicks = []
+    for z in (k - 4, k + 4):
+        i, j = np.nonzero(labels[:, :, z])
+        centre = int(np.argmin((i - i.mean()) ** 2 + (j - j.mean()) ** 2))
+        clicks.append([int(i[centre]), int(j[centre]), z])
+    result, body = _client(server).infer("thalamus", "colin27", {"foreground": clicks, "propagate": False,
+                                                                 "result_extension": ".nii.gz"})
+    predicted = np.asarray(nib.load(result).dataobj) > 0
+    assert body["slices"] == [k - 4, k + 4] and body["propagated"] == []
+    assert sorted(np.nonzero(predicted.any(axis=(0, 1)))[0].tolist()) == [k - 4, k + 4]
+    for z in (k - 4, k + 4):
+        assert _dice(predicted[:, :, z], labels[:, :, z]) > 0.25, z
+
+
 # ---- training from the datastore, scoring and active learning (MONAI Label's train/scoring/activelearning) -------
 MIN_PIXELS = 20  # the train task's default: smaller objects are not used
 
