@@ -54,6 +54,7 @@ def inference_config(run: dict[str, Any], image_size: int) -> dict[str, Any]:
         "image_size": image_size,
         "squash": squash,
         "prompt": prompt,
+        "multimask": bool(run.get("multimask", False)),  # a lone first click: the most confident of SAM's 3 masks
         "precision": run.get("precision", "auto"),
         "checkpoint": run.get("checkpoint") or None,
         "network_def": {"_target_": "medsam_peft.load_tuned_sam",

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.engines.utils import PrepareBatchExtraInput, default_prepare_batch
 from monai.handlers import IgniteMetricHandler
 from monai.metrics import CumulativeIterationMetric
@@ -104,10 +105,18 @@ class SimulatedAnnotator(Randomizable):
             at the boundary, and a model trained only on them erased whole structures on the protocol's central
             negative clicks (measured: Dice of some images fell from 0.74 to 0.0 over five clicks).
         seed: seeds the training prompts (clicks, box-or-click draws, round counts).
+        multimask: SAM's ambiguity-aware output for a lone first click: in training, for each sample that started
+            from a click, the three masks of mask tokens 1..3 are decoded on that click and the one with the lowest
+            Dice + BCE against the target is trained (SAM back-propagates its min-loss mask): it is the step's output
+            when no correction round followed, else its loss joins the tuner's auxiliary loss; the IoU head learns
+            each mask's real IoU (MSE, weight ``iou_loss_weight``, auxiliary loss too). In the protocol and the label
+            server the first click's mask is the one with the highest predicted IoU. Needs SAM's four mask tokens.
+        iou_loss_weight: weight of the IoU head's MSE (SAM: 1).
     """
 
     def __init__(self, box_probability: float = 0.5, max_corrections: int = 7, clicks: int = 5,
-                 mask_prompt: bool = True, centre_probability: float = 0.5, seed: int | None = 0) -> None:
+                 mask_prompt: bool = True, centre_probability: float = 0.5, seed: int | None = 0,
+                 multimask: bool = False, iou_loss_weight: float = 1.0) -> None:
         if not 0.0 <= box_probability <= 1.0:
             raise ConfigError(f"box_probability must be in [0, 1], got {box_probability}")
         if max_corrections < 0 or clicks < 1:
@@ -119,6 +128,8 @@ class SimulatedAnnotator(Randomizable):
         if not 0.0 <= centre_probability <= 1.0:
             raise ConfigError(f"centre_probability must be in [0, 1], got {centre_probability}")
         self.centre_probability = float(centre_probability)
+        self.multimask = bool(multimask)
+        self.iou_loss_weight = float(iou_loss_weight)
         self.last_clicks: list[list[Click]] = []
         self.last_rounds = 0
         self.set_random_state(seed)
@@ -164,7 +175,40 @@ class SimulatedAnnotator(Randomizable):
                 mask_inputs = low_res if self.mask_prompt else None
         self.last_clicks, self.last_rounds = clicks, rounds  # what the last step prompted, for inspection
         coords, labels = pack_clicks(clicks, image.device)
-        return model.upscale(model.decode(embeddings, box_prompts, coords, labels, mask_inputs), size)
+        logits = model.upscale(model.decode(embeddings, box_prompts, coords, labels, mask_inputs), size)
+        lone = [i for i, sample in enumerate(clicks) if not use_box[i] and sample]
+        if self.multimask and lone:
+            logits = self._train_multimask(model, embeddings, logits, clicks, targets, lone, size, rounds == 0)
+        return logits
+
+    def _train_multimask(self, model, embeddings, logits, clicks, targets, lone, size, last: bool) -> torch.Tensor:
+        """The first click of the samples that started from one: its three masks decoded with gradients, the min-loss
+        one trained (as the step's output when no correction followed, else as a term of the pending loss), the IoU
+        head fitted to each mask's IoU."""
+        index = torch.tensor(lone, device=embeddings.device)
+        coords, labels = pack_clicks([clicks[i][:1] for i in lone], embeddings.device)
+        low_res, predicted_iou = model.decode_multimask(embeddings[index], coords, labels)
+        candidates = model.upscale(low_res, size).float()  # (L, 3, S, S)
+        target = torch.as_tensor(np.stack([targets[i] for i in lone]), device=candidates.device).float()[:, None]
+        target = target.expand_as(candidates)
+        prob = torch.sigmoid(candidates)
+        dice = 1 - (2 * (prob * target).flatten(2).sum(-1) + 1) / ((prob + target).flatten(2).sum(-1) + 1)
+        bce = F.binary_cross_entropy_with_logits(candidates, target, reduction="none").flatten(2).mean(-1)
+        losses = dice + bce  # (L, 3)
+        best = losses.detach().argmin(1)
+        rows = torch.arange(len(lone), device=candidates.device)
+        with torch.no_grad():
+            binary, truth = candidates > 0, target > 0.5
+            iou = (binary & truth).flatten(2).sum(-1) / (binary | truth).flatten(2).sum(-1).clamp_min(1)
+        pending = self.iou_loss_weight * F.mse_loss(predicted_iou.float(), iou)
+        if last:  # the step's output for these samples is their min-loss mask; the bundle's loss sees it
+            logits = logits.clone()
+            logits[index] = candidates[rows, best][:, None].to(logits.dtype)
+        else:
+            pending = pending + losses[rows, best].mean()
+        if hasattr(model, "pending_loss"):
+            model.pending_loss = pending
+        return logits
 
     # ---- evaluation -------------------------------------------------------------------------------------------
     def protocol(self, model, image: torch.Tensor, targets: list[np.ndarray],
@@ -185,12 +229,22 @@ class SimulatedAnnotator(Randomizable):
                 if click is not None:
                     sample.append(click)
             coords, labels = pack_clicks(clicks, image.device)
-            low_res = model.decode(embeddings, None, coords, labels, mask_inputs)
+            if self.multimask and mask_inputs is None:  # the first click: SAM's most confident of three masks
+                low_res = self.most_confident(*model.decode_multimask(embeddings, coords, labels))
+            else:
+                low_res = model.decode(embeddings, None, coords, labels, mask_inputs)
             logits = model.upscale(low_res, size)
             outputs.append(logits)
             predictions = _masks(logits)
             mask_inputs = low_res if self.mask_prompt else None
         return torch.cat(outputs, dim=1)
+
+
+    @staticmethod
+    def most_confident(low_res: torch.Tensor, predicted_iou: torch.Tensor) -> torch.Tensor:
+        """(B, 3, h, w) multimask logits -> (B, 1, h, w): each image's mask with the highest predicted IoU."""
+        best = predicted_iou.argmax(1)
+        return low_res[torch.arange(low_res.shape[0], device=low_res.device), best][:, None]
 
 
 class InteractivePrepareBatch(PrepareBatchExtraInput):

@@ -164,6 +164,8 @@ class BundlePredictor:
         self.labels = {name: int(i) for i, name in channels.items() if name != "background"}
         self.squash = bool(self.config.get("squash", False))
         self.prompt = str(self.config.get("prompt", "box"))
+        # trained with SAM's multimask output: a lone click (no box, no mask) gets the most confident of 3 masks
+        self.multimask = bool(self.config.get("multimask", False))
         self.precision = str(self.config.get("precision", "auto"))
         self.checkpoint = self.config.get("checkpoint")
         self.device = torch.device(device)
@@ -267,7 +269,12 @@ class BundlePredictor:
             raise LabelRequestError(422, f"model {self.name!r} needs a prompt on this image")
         with torch.no_grad(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
             embedding = self.embeddings.get_or_compute(model_input, encode)
-            low_res = sam.decode(embedding, box, points, point_labels, mask_input)
+            if self.multimask and box is None and mask_input is None and len(prompts.points) == 1:
+                from medsam_peft.engines.interactive import SimulatedAnnotator
+
+                low_res = SimulatedAnnotator.most_confident(*sam.decode_multimask(embedding, points, point_labels))
+            else:
+                low_res = sam.decode(embedding, box, points, point_labels, mask_input)
             logits = sam.upscale(low_res, model_input.shape[-2:]).float()
         if counts is not None:
             counts["encoder_passes"] = counts.get("encoder_passes", 0) + len(encoded)

@@ -225,6 +225,7 @@ def training_config(configs: Path, adapter: Path, inference: dict[str, Any], set
         "key_metric_def": f"%{configs / 'metrics.json'}::{key_def}",
         "additional_metrics": f"%{configs / 'metrics.json'}::{additional}",
         "prepare_batch": f"%{configs / 'prompts.json'}::{prompts}",
+        "multimask": bool(inference.get("multimask", False)),
         "train_box_jitter": 10,
         "early_stop_patience": 0,
         "resume": False,  # each request trains in a new folder on what the datastore holds now

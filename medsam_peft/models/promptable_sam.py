@@ -60,6 +60,13 @@ class PromptableSam(nn.Module):
         # Set by ``enable_trunk_cache`` (through ``TunedSam.enable_trunk_cache``, which knows what its tuner adapts).
         self.trunk_cache: TrunkEmbeddingCache | None = None
         self.trunk_cache_split: str | None = None
+        # A loss term computed inside a forward (the IoU head's MSE in multimask training), added to the tuner's
+        # auxiliary loss and cleared when read (``take_pending_loss``).
+        self.pending_loss: torch.Tensor | None = None
+
+    def take_pending_loss(self) -> torch.Tensor | None:
+        loss, self.pending_loss = self.pending_loss, None
+        return loss
 
     def enable_trunk_cache(self, cache: TrunkEmbeddingCache, split: str) -> TrunkEmbeddingCache:
         """Serve the frozen part of the image encoder from ``cache``: ``split="encoder"`` (all of it is frozen) or
@@ -179,6 +186,29 @@ class PromptableSam(nn.Module):
             )
             masks.append(low_res.reshape(1, -1, *low_res.shape[-2:]))
         return torch.cat(masks, dim=0)
+
+    def decode_multimask(
+        self,
+        embeddings: torch.Tensor,
+        points: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_inputs: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM's ambiguity-aware output for an ambiguous prompt (one click): low-resolution logits (B, 3, S/4, S/4)
+        of mask tokens 1..3 and the IoU head's predicted IoU of each (B, 3), which picks one at inference."""
+        if self.mask_decoder.num_mask_tokens != 4:
+            raise ConfigError(f"multimask output needs SAM's four mask tokens; this decoder has "
+                              f"{self.mask_decoder.num_mask_tokens} (build it with mask_tokens null)")
+        image_pe = self.prompt_encoder.get_dense_pe()
+        masks, scores = [], []
+        for i in range(embeddings.shape[0]):
+            sparse, dense = self._prompt_embeddings(i, None, points, point_labels, mask_inputs)
+            low_res, iou = self.mask_decoder(image_embeddings=embeddings[i : i + 1], image_pe=image_pe,
+                                             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                             multimask_output=True)
+            masks.append(low_res)
+            scores.append(iou)
+        return torch.cat(masks, dim=0), torch.cat(scores, dim=0)
 
     def decode_queries(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Multi-class decoder (prompt-free): low-resolution mask logits (B, N, S/4, S/4), class logits (B, N, C+1).

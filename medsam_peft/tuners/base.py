@@ -251,8 +251,12 @@ class TunedSam(nn.Module):
                 yield name, module
 
     def aux_loss(self) -> torch.Tensor:
-        """Sum of the layers' auxiliary losses from the last forward (zero for tuners without one)."""
+        """Sum of the layers' auxiliary losses from the last forward (zero for tuners without one), plus a loss the
+        model's forward left pending (the IoU head's in multimask training)."""
         losses = [loss for _, layer in self.tuner_layers() if (loss := layer.aux_loss()) is not None]
+        take = getattr(self.model, "take_pending_loss", None)
+        if take is not None and (pending := take()) is not None:
+            losses.append(pending)
         if not losses:
             return torch.zeros((), device=next(self.model.parameters()).device)
         return torch.stack(losses).sum()

@@ -178,3 +178,62 @@ def test_number_of_clicks_metric_matches_numpy() -> None:
         metric(y_pred=torch.as_tensor(pred).float(), y=torch.as_tensor(label).float())
         assert metric.aggregate().item() == pytest.approx(np.mean(expected))
         assert 1 < np.mean(expected) < 5  # both reached and capped images are in the sample
+
+
+def test_multimask_training_trains_the_min_loss_mask_and_fits_the_iou_head() -> None:
+    """A lone first click (SAM's ambiguous prompt): the step's output is the one of the three multimask masks with
+    the lowest Dice + BCE, recomputed here from a plain multimask decode; the IoU head's MSE against each mask's real
+    IoU is the pending loss the tuner's aux_loss returns, and its gradient reaches the IoU head."""
+    torch.manual_seed(0)
+    model = build_tuned_sam("vit_tiny", None, "lora", image_size=64, mask_tokens=None,
+                            tuner_options={"trainable_modules": ["mask_decoder"], "frozen_modules": []}).train()
+    image, target = torch.rand(2, 3, 64, 64), _target()
+    annotator = SimulatedAnnotator(box_probability=0.0, max_corrections=0, multimask=True, seed=3)
+    output = model(image, interaction=annotator, target=target)
+    sam = model.model
+    clicks = annotator.last_clicks
+    assert [len(c) for c in clicks] == [1, 1] and annotator.last_rounds == 0
+    with torch.no_grad():
+        embeddings = sam.encode_image(image)
+        coords = torch.tensor([[c[0][:2]] for c in clicks])
+        labels = torch.tensor([[float(c[0][2])] for c in clicks])
+        low_res, predicted = sam.decode_multimask(embeddings, coords, labels)
+        candidates = sam.upscale(low_res, (64, 64))
+    for i in range(2):
+        losses = []
+        for k in range(3):
+            p, t = torch.sigmoid(candidates[i, k]), target[i, 0]
+            dice = 1 - (2 * (p * t).sum() + 1) / ((p + t).sum() + 1)
+            bce = torch.nn.functional.binary_cross_entropy_with_logits(candidates[i, k], t)
+            losses.append(float(dice + bce))
+        assert torch.allclose(output[i, 0].detach(), candidates[i, int(np.argmin(losses))], atol=1e-5)
+    binary = candidates > 0
+    truth = target.bool().expand_as(binary)
+    iou = (binary & truth).flatten(2).sum(-1) / (binary | truth).flatten(2).sum(-1).clamp_min(1)
+    expected = ((predicted - iou) ** 2).mean()
+    aux = model.aux_loss()
+    assert float(aux.detach()) == pytest.approx(float(expected), rel=1e-4) and float(aux.detach()) > 0
+    aux.backward()
+    head = sam.mask_decoder.iou_prediction_head
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+    assert float(model.aux_loss()) == 0.0  # read once
+
+
+def test_multimask_protocol_takes_the_most_confident_mask_for_the_first_click(tiny_model) -> None:
+    image, target = torch.rand(2, 3, 64, 64), _target()
+    boxes = torch.tensor([[12.0, 10.0, 40.0, 30.0], [20.0, 30.0, 50.0, 60.0]])
+    annotator = SimulatedAnnotator(clicks=2, multimask=True)
+    with torch.no_grad():
+        output = tiny_model(image, boxes, interaction=annotator, target=target)
+        sam = tiny_model.model
+        embeddings = sam.encode_image(image)
+        first = [centre_click(np.zeros((64, 64), bool), t[0].numpy() > 0.5) for t in target]
+        coords = torch.tensor([[c[:2]] for c in first])
+        labels = torch.tensor([[float(c[2])] for c in first])
+        low_res, predicted = sam.decode_multimask(embeddings, coords, labels)
+        best = predicted.argmax(1)
+        expected = sam.upscale(low_res[torch.arange(2), best][:, None], (64, 64))
+    assert torch.allclose(output[:, 1:2], expected, atol=1e-5)
+    with pytest.raises(Exception, match="four mask tokens"):
+        one = build_tuned_sam("vit_tiny", None, "lora", image_size=64, mask_tokens=1).eval()
+        one(image, boxes, interaction=annotator, target=target)
