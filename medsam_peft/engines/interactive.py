@@ -163,10 +163,19 @@ class SimulatedAnnotator(Randomizable):
             box_prompts = torch.where(keep, boxes.float(), torch.full_like(boxes.float(), float("nan")))
         mask_inputs = None
         rounds = int(self.R.randint(0, self.max_corrections + 1))
+        lone = [i for i, sample in enumerate(clicks) if not use_box[i] and sample]
         with torch.no_grad():
-            for _ in range(rounds):
+            for round_index in range(rounds):
                 coords, labels = pack_clicks(clicks, image.device)
                 low_res = model.decode(embeddings, box_prompts, coords, labels, mask_inputs)
+                if self.multimask and round_index == 0 and lone:
+                    # as the protocol and the server answer a lone first click: the most confident of three masks,
+                    # which the next round then gets as its mask prompt
+                    index = torch.tensor(lone, device=image.device)
+                    first, first_labels = pack_clicks([clicks[i][:1] for i in lone], image.device)
+                    multi = self.most_confident(*model.decode_multimask(embeddings[index], first, first_labels))
+                    low_res = low_res.clone()
+                    low_res[index] = multi.to(low_res.dtype)
                 for sample, pred, tgt in zip(clicks, _masks(model.upscale(low_res, size)), targets):
                     centre = self.R.rand() < self.centre_probability
                     click = centre_click(pred, tgt) if centre else random_error_click(pred, tgt, self.R)
@@ -176,7 +185,6 @@ class SimulatedAnnotator(Randomizable):
         self.last_clicks, self.last_rounds = clicks, rounds  # what the last step prompted, for inspection
         coords, labels = pack_clicks(clicks, image.device)
         logits = model.upscale(model.decode(embeddings, box_prompts, coords, labels, mask_inputs), size)
-        lone = [i for i, sample in enumerate(clicks) if not use_box[i] and sample]
         if self.multimask and lone:
             logits = self._train_multimask(model, embeddings, logits, clicks, targets, lone, size, rounds == 0)
         return logits
