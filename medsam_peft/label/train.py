@@ -353,9 +353,11 @@ class SamBundleTrainTask(TrainTask):
             chosen, replaced = run_dir / "adapter_final.pt", True
         else:
             # The best-adapter checkpoint weighs the starting adapter too (validated before the first epoch, keeping
-            # the first of equal scores): a trained epoch is published only when it scored strictly higher.
+            # the first of equal scores). From the served adapter, a best file that differs from it is a trained epoch
+            # that scored higher; from a fresh one (not kept), the last epoch must beat the fresh score (the report's
+            # "after" is the last epoch's), so a run never publishes what validated worse than where it started.
             chosen = run_dir / "checkpoints" / "adapter_best.pt"
-            replaced = key is not None and key["after"] > key["before"]
+            replaced = settings["pretrained"] or (key is not None and key["after"] > key["before"])
         if replaced and not chosen.is_file():
             raise TrainRunError(f"training {self.predictor.name} wrote no {chosen.name} (log: {log})")
         replaced = replaced and _tensor_checksum(chosen) != _tensor_checksum(self.predictor.adapter_file)
