@@ -272,7 +272,8 @@ class BundlePredictor:
             if self.multimask and box is None and mask_input is None and len(prompts.points) == 1:
                 from medsam_peft.engines.interactive import SimulatedAnnotator
 
-                low_res = SimulatedAnnotator.most_confident(*sam.decode_multimask(embedding, points, point_labels))
+                low_res = SimulatedAnnotator.most_confident(*sam.decode_multimask(embedding, points, point_labels),
+                                                            points, point_labels, model_input.shape[-2:])
             else:
                 low_res = sam.decode(embedding, box, points, point_labels, mask_input)
             logits = sam.upscale(low_res, model_input.shape[-2:]).float()
