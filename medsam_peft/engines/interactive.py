@@ -174,7 +174,7 @@ class SimulatedAnnotator(Randomizable):
                     index = torch.tensor(lone, device=image.device)
                     first, first_labels = pack_clicks([clicks[i][:1] for i in lone], image.device)
                     multi = self.most_confident(*model.decode_multimask(embeddings[index], first, first_labels),
-                                                first, first_labels, size)
+                                                first, first_labels, size, fallback=low_res[index])
                     low_res = low_res.clone()
                     low_res[index] = multi.to(low_res.dtype)
                 for sample, pred, tgt in zip(clicks, _masks(model.upscale(low_res, size)), targets):
@@ -238,11 +238,10 @@ class SimulatedAnnotator(Randomizable):
                 if click is not None:
                     sample.append(click)
             coords, labels = pack_clicks(clicks, image.device)
+            low_res = model.decode(embeddings, None, coords, labels, mask_inputs)
             if self.multimask and mask_inputs is None:  # the first click: SAM's most confident of three masks
                 low_res = self.most_confident(*model.decode_multimask(embeddings, coords, labels), coords, labels,
-                                              size)
-            else:
-                low_res = model.decode(embeddings, None, coords, labels, mask_inputs)
+                                              size, fallback=low_res)
             logits = model.upscale(low_res, size)
             outputs.append(logits)
             predictions = _masks(logits)
@@ -252,12 +251,13 @@ class SimulatedAnnotator(Randomizable):
 
     @staticmethod
     def most_confident(low_res: torch.Tensor, predicted_iou: torch.Tensor, points: torch.Tensor | None = None,
-                       point_labels: torch.Tensor | None = None, input_size: Sequence[int] | None = None
-                       ) -> torch.Tensor:
+                       point_labels: torch.Tensor | None = None, input_size: Sequence[int] | None = None,
+                       fallback: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 3, h, w) multimask logits -> (B, 1, h, w): each image's mask with the highest predicted IoU among
-        those that agree with the click (a foreground click inside the mask, a background one outside), the most
-        confident of all when none does. Without the click rule a barely trained IoU head picked empty masks for a
-        foreground click (measured: the one-epoch server-test model answered one click with nothing)."""
+        those that agree with the click (a foreground click inside the mask, a background one outside); where none
+        does, ``fallback`` (mask token 0's single mask for the same click) or else the most confident of all.
+        Without the click rule a barely trained model answered one foreground click with an empty mask (measured:
+        the one-epoch server-test model; its multimask tokens had seen a few steps, its token 0 every step)."""
         score = predicted_iou.float()
         rows = torch.arange(low_res.shape[0], device=low_res.device)
         if points is not None and point_labels is not None and input_size is not None:
@@ -267,6 +267,11 @@ class SimulatedAnnotator(Randomizable):
             inside = low_res[rows, :, y, x] > 0  # (B, 3)
             agrees = inside == (point_labels[:, :1] > 0)
             score = torch.where(agrees, score, score - 10.0)  # predicted IoUs lie in [0, 1]: agreeing masks first
+            chosen = low_res[rows, score.argmax(1)][:, None]
+            if fallback is not None:
+                none = ~agrees.any(1)
+                chosen = torch.where(none[:, None, None, None], fallback.to(chosen.dtype), chosen)
+            return chosen
         return low_res[rows, score.argmax(1)][:, None]
 
 

@@ -269,13 +269,13 @@ class BundlePredictor:
             raise LabelRequestError(422, f"model {self.name!r} needs a prompt on this image")
         with torch.no_grad(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
             embedding = self.embeddings.get_or_compute(model_input, encode)
+            low_res = sam.decode(embedding, box, points, point_labels, mask_input)
             if self.multimask and box is None and mask_input is None and len(prompts.points) == 1:
                 from medsam_peft.engines.interactive import SimulatedAnnotator
 
                 low_res = SimulatedAnnotator.most_confident(*sam.decode_multimask(embedding, points, point_labels),
-                                                            points, point_labels, model_input.shape[-2:])
-            else:
-                low_res = sam.decode(embedding, box, points, point_labels, mask_input)
+                                                            points, point_labels, model_input.shape[-2:],
+                                                            fallback=low_res)
             logits = sam.upscale(low_res, model_input.shape[-2:]).float()
         if counts is not None:
             counts["encoder_passes"] = counts.get("encoder_passes", 0) + len(encoded)

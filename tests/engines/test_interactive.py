@@ -231,12 +231,13 @@ def test_multimask_protocol_takes_the_most_confident_mask_for_the_first_click(ti
         coords = torch.tensor([[c[:2]] for c in first])
         labels = torch.tensor([[float(c[2])] for c in first])
         low_res, predicted = sam.decode_multimask(embeddings, coords, labels)
-        best = []
-        for i in range(2):  # the most confident mask among those holding the foreground click, else of all three
+        single = sam.decode(embeddings, None, coords, labels)  # mask token 0: where no multimask mask holds it
+        chosen = []
+        for i in range(2):  # the most confident mask among those holding the foreground click
             x, y = int(coords[i, 0, 0] * 16 / 64), int(coords[i, 0, 1] * 16 / 64)
             holding = [k for k in range(3) if low_res[i, k, y, x] > 0]
-            best.append(max(holding or range(3), key=lambda k: float(predicted[i, k])))
-        expected = sam.upscale(low_res[torch.arange(2), torch.tensor(best)][:, None], (64, 64))
+            chosen.append(low_res[i, max(holding, key=lambda k: float(predicted[i, k]))] if holding else single[i, 0])
+        expected = sam.upscale(torch.stack(chosen)[:, None], (64, 64))
     assert torch.allclose(output[:, 1:2], expected, atol=1e-5)
     with pytest.raises(Exception, match="four mask tokens"):
         one = build_tuned_sam("vit_tiny", None, "lora", image_size=64, mask_tokens=1).eval()
