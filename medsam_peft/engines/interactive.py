@@ -107,10 +107,11 @@ class SimulatedAnnotator(Randomizable):
         seed: seeds the training prompts (clicks, box-or-click draws, round counts).
         multimask: SAM's ambiguity-aware output for a lone first click: in training, for each sample that started
             from a click, the three masks of mask tokens 1..3 are decoded on that click and the one with the lowest
-            Dice + BCE against the target is trained (SAM back-propagates its min-loss mask): it is the step's output
-            when no correction round followed, else its loss joins the tuner's auxiliary loss; the IoU head learns
-            each mask's real IoU (MSE, weight ``iou_loss_weight``, auxiliary loss too). In the protocol and the label
-            server the first click's mask is the one with the highest predicted IoU. Needs SAM's four mask tokens.
+            Dice + BCE against the target is trained (SAM back-propagates its min-loss mask) as a term of the tuner's
+            auxiliary loss, beside the step's own output (mask token 0, which keeps answering lone clicks where no
+            multimask mask agrees with the click); the IoU head learns each mask's real IoU (MSE, weight
+            ``iou_loss_weight``, auxiliary loss too). In the protocol and the label server the first click's mask is
+            the most confident one that agrees with the click. Needs SAM's four mask tokens.
         iou_loss_weight: weight of the IoU head's MSE (SAM: 1).
     """
 
@@ -187,13 +188,13 @@ class SimulatedAnnotator(Randomizable):
         coords, labels = pack_clicks(clicks, image.device)
         logits = model.upscale(model.decode(embeddings, box_prompts, coords, labels, mask_inputs), size)
         if self.multimask and lone:
-            logits = self._train_multimask(model, embeddings, logits, clicks, targets, lone, size, rounds == 0)
+            self._train_multimask(model, embeddings, clicks, targets, lone, size)
         return logits
 
-    def _train_multimask(self, model, embeddings, logits, clicks, targets, lone, size, last: bool) -> torch.Tensor:
+    def _train_multimask(self, model, embeddings, clicks, targets, lone, size) -> None:
         """The first click of the samples that started from one: its three masks decoded with gradients, the min-loss
-        one trained (as the step's output when no correction followed, else as a term of the pending loss), the IoU
-        head fitted to each mask's IoU."""
+        one's Dice + BCE and the IoU head's MSE against each mask's IoU left as the model's pending loss (the step's
+        output stays mask token 0's, so a lone click without a mask prompt keeps being trained there too)."""
         index = torch.tensor(lone, device=embeddings.device)
         coords, labels = pack_clicks([clicks[i][:1] for i in lone], embeddings.device)
         low_res, predicted_iou = model.decode_multimask(embeddings[index], coords, labels)
@@ -209,15 +210,9 @@ class SimulatedAnnotator(Randomizable):
         with torch.no_grad():
             binary, truth = candidates > 0, target > 0.5
             iou = (binary & truth).flatten(2).sum(-1) / (binary | truth).flatten(2).sum(-1).clamp_min(1)
-        pending = self.iou_loss_weight * F.mse_loss(predicted_iou.float(), iou)
-        if last:  # the step's output for these samples is their min-loss mask; the bundle's loss sees it
-            logits = logits.clone()
-            logits[index] = candidates[rows, best][:, None].to(logits.dtype)
-        else:
-            pending = pending + losses[rows, best].mean()
+        pending = self.iou_loss_weight * F.mse_loss(predicted_iou.float(), iou) + losses[rows, best].mean()
         if hasattr(model, "pending_loss"):
             model.pending_loss = pending
-        return logits
 
     # ---- evaluation -------------------------------------------------------------------------------------------
     def protocol(self, model, image: torch.Tensor, targets: list[np.ndarray],
