@@ -174,8 +174,7 @@ class SimulatedAnnotator(Randomizable):
                     # which the next round then gets as its mask prompt
                     index = torch.tensor(lone, device=image.device)
                     first, first_labels = pack_clicks([clicks[i][:1] for i in lone], image.device)
-                    multi = self.most_confident(*model.decode_multimask(embeddings[index], first, first_labels),
-                                                first, first_labels, size, fallback=low_res[index])
+                    multi = model.decode_lone_click(embeddings[index], first, first_labels, low_res[index])
                     low_res = low_res.clone()
                     low_res[index] = multi.to(low_res.dtype)
                 for sample, pred, tgt in zip(clicks, _masks(model.upscale(low_res, size)), targets):
@@ -235,39 +234,12 @@ class SimulatedAnnotator(Randomizable):
             coords, labels = pack_clicks(clicks, image.device)
             low_res = model.decode(embeddings, None, coords, labels, mask_inputs)
             if self.multimask and mask_inputs is None:  # the first click: SAM's most confident of three masks
-                low_res = self.most_confident(*model.decode_multimask(embeddings, coords, labels), coords, labels,
-                                              size, fallback=low_res)
+                low_res = model.decode_lone_click(embeddings, coords, labels, low_res)
             logits = model.upscale(low_res, size)
             outputs.append(logits)
             predictions = _masks(logits)
             mask_inputs = low_res if self.mask_prompt else None
         return torch.cat(outputs, dim=1)
-
-
-    @staticmethod
-    def most_confident(low_res: torch.Tensor, predicted_iou: torch.Tensor, points: torch.Tensor | None = None,
-                       point_labels: torch.Tensor | None = None, input_size: Sequence[int] | None = None,
-                       fallback: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 3, h, w) multimask logits -> (B, 1, h, w): each image's mask with the highest predicted IoU among
-        those that agree with the click (a foreground click inside the mask, a background one outside); where none
-        does, ``fallback`` (mask token 0's single mask for the same click) or else the most confident of all.
-        Without the click rule a barely trained model answered one foreground click with an empty mask (measured:
-        the one-epoch server-test model; its multimask tokens had seen a few steps, its token 0 every step)."""
-        score = predicted_iou.float()
-        rows = torch.arange(low_res.shape[0], device=low_res.device)
-        if points is not None and point_labels is not None and input_size is not None:
-            h, w = low_res.shape[-2:]
-            x = (points[:, 0, 0] * w / input_size[1]).long().clamp(0, w - 1)
-            y = (points[:, 0, 1] * h / input_size[0]).long().clamp(0, h - 1)
-            inside = low_res[rows, :, y, x] > 0  # (B, 3)
-            agrees = inside == (point_labels[:, :1] > 0)
-            score = torch.where(agrees, score, score - 10.0)  # predicted IoUs lie in [0, 1]: agreeing masks first
-            chosen = low_res[rows, score.argmax(1)][:, None]
-            if fallback is not None:
-                none = ~agrees.any(1)
-                chosen = torch.where(none[:, None, None, None], fallback.to(chosen.dtype), chosen)
-            return chosen
-        return low_res[rows, score.argmax(1)][:, None]
 
 
 class InteractivePrepareBatch(PrepareBatchExtraInput):

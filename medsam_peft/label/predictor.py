@@ -270,16 +270,13 @@ class BundlePredictor:
         with torch.no_grad(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
             embedding = self.embeddings.get_or_compute(model_input, encode)
             low_res = sam.decode(embedding, box, points, point_labels, mask_input)
-            if self.multimask and box is None and mask_input is None and len(prompts.points) == 1:
-                from medsam_peft.engines.interactive import SimulatedAnnotator
-
-                low_res = SimulatedAnnotator.most_confident(*sam.decode_multimask(embedding, points, point_labels),
-                                                            points, point_labels, model_input.shape[-2:],
-                                                            fallback=low_res)
+            lone_click = self.multimask and box is None and mask_input is None and len(prompts.points) == 1
+            if lone_click:
+                low_res = sam.decode_lone_click(embedding, points, point_labels, low_res)
             logits = sam.upscale(low_res, model_input.shape[-2:]).float()
         if counts is not None:
             counts["encoder_passes"] = counts.get("encoder_passes", 0) + len(encoded)
-            counts["decoder_passes"] = counts.get("decoder_passes", 0) + 1
+            counts["decoder_passes"] = counts.get("decoder_passes", 0) + (2 if lone_click else 1)
         prob = MetaTensor(torch.sigmoid(logits[0, :1].cpu()), applied_operations=list(net_input.applied_operations))
         restored = resizer.inverse(prob).as_tensor()[0].numpy()
         if probabilities:

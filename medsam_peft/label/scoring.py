@@ -22,6 +22,7 @@ import numpy as np
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
 from medsam_peft.label.predictor import BundlePredictor, LabelRequestError, Prompts
+from medsam_peft.label.train import read_label_png
 from medsam_peft.transforms.io.array import ImageReadError
 
 logger = logging.getLogger(__name__)
@@ -56,10 +57,7 @@ def image_planes(image: str | Path, label: str | Path | None = None,
     if label is None:
         yield rgb, None
         return
-    from PIL import Image
-
-    with Image.open(label) as opened:
-        values = np.asarray(opened.convert("L") if opened.mode not in ("L", "I", "I;16", "P") else opened)
+    values = read_label_png(label)
     if values.shape != rgb.shape[:2]:
         raise LabelRequestError(409, f"label of {Path(image).name} is {values.shape}, the image {rgb.shape[:2]}")
     yield rgb, values

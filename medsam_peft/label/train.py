@@ -110,6 +110,14 @@ def _label_values(label: np.ndarray) -> list[int]:
     return [int(v) for v in np.unique(label) if v > 0]
 
 
+def read_label_png(path: str | os.PathLike) -> np.ndarray:
+    """A 2-D label image as its (rows, cols) array of label values (colour labels as grey levels)."""
+    from PIL import Image
+
+    with Image.open(path) as opened:
+        return np.asarray(opened.convert("L") if opened.mode not in ("L", "I", "I;16", "P") else opened)
+
+
 def _write_2d_samples(case: str, image: Path, label: Path, out: Path, min_pixels: int) -> list[dict[str, Any]]:
     """One 2-D datastore image: each label value with at least ``min_pixels`` pixels becomes a mask PNG."""
     from PIL import Image
@@ -117,8 +125,7 @@ def _write_2d_samples(case: str, image: Path, label: Path, out: Path, min_pixels
     try:
         with Image.open(image) as opened:
             size = opened.size
-        with Image.open(label) as opened:
-            values = np.asarray(opened.convert("L") if opened.mode not in ("L", "I", "I;16", "P") else opened)
+        values = read_label_png(label)
     except OSError as err:
         raise DataError(f"cannot read {image.name} or its label {label.name}: {err}; replace the file in the "
                         "datastore") from err
@@ -378,4 +385,4 @@ class SamBundleTrainTask(TrainTask):
 
 
 __all__ = ["SamBundleTrainTask", "TrainRunError", "datastore_samples", "package_configs_dir", "parse_train_request",
-           "publish_adapter", "read_metric_report", "split_samples", "training_config"]
+           "publish_adapter", "read_label_png", "read_metric_report", "split_samples", "training_config"]
