@@ -80,8 +80,8 @@ def cmd_export_bundle(args: argparse.Namespace) -> int:
     from medsam_peft.export import export_bundle
 
     out = export_bundle(args.run_dir, args.out_dir, adapter=args.adapter, name=args.name, label_name=args.label)
-    print(f"wrote MONAI bundle {out}: configs/metadata.json, configs/inference.json, models/model.pt, "
-          "docs/README.md, LICENSE")
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    print(f"wrote MONAI bundle {out}: {', '.join(files)}")
     return 0
 
 
@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export-bundle", help="write a self-contained MONAI bundle from a training run")
     export.add_argument("run_dir", help="the training run's output_dir")
     export.add_argument("out_dir", help="new folder for the bundle")
-    export.add_argument("--adapter", default=None, help="adapter file (default: the run's adapter_best.pt)")
+    export.add_argument("--adapter", default=None, help="adapter file (default: the run's adapter_best.safetensors)")
     export.add_argument("--name", default=None, help="bundle name in metadata.json")
     export.add_argument("--label", default="foreground", help="name of the segmented structure")
     export.set_defaults(func=cmd_export_bundle)

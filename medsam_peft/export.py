@@ -1,6 +1,7 @@
 """``medsam-peft export-bundle RUN_DIR OUT_DIR``: a self-contained MONAI bundle of a tuned model.
 
-The bundle holds the adapter only (``models/model.pt``: trainable tensors + metadata, a few MB); the frozen base is
+The bundle holds the adapter only (``models/model.safetensors``: trainable tensors + metadata, a few MB, and its plain
+state-dict twin ``models/model.pt`` for MONAI's ``ckpt_export``); the frozen base is
 rebuilt from the backbone's release name (downloaded and verified on first use) or the local checkpoint path the
 run used. ``configs/inference.json`` needs no file outside the bundle, so MONAI Label and ``monai.bundle run`` load it
 from anywhere.
@@ -15,7 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from medsam_peft.tuners.adapter_io import read_adapter
+from medsam_peft.data.catalog import dataset_modality
+from medsam_peft.tuners.adapter_io import BUNDLE_ADAPTER, read_adapter, write_bundle_adapter
 
 SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
 
@@ -27,7 +29,8 @@ def _versions() -> dict[str, str]:
     import numpy
     import torch
 
-    packages = {name: version(name) for name in ("medsam_peft", "segment-anything", "pytorch-ignite", "pillow")}
+    packages = {name: version(name) for name in ("medsam_peft", "segment-anything", "pytorch-ignite", "pillow",
+                                                 "safetensors")}
     return {"monai": monai.__version__, "torch": torch.__version__.split("+")[0], "numpy": numpy.__version__,
             **packages}
 
@@ -41,7 +44,7 @@ def inference_config(run: dict[str, Any], image_size: int) -> dict[str, Any]:
                else {"_target_": "PrepareBatchDefault"})
     squash = bool(run.get("squash", False))
     return {
-        "_desc_": "Inference with the tuned SAM in models/model.pt: python -m monai.bundle run --config_file "
+        "_desc_": "Inference with the tuned SAM in models/model.safetensors: python -m monai.bundle run --config_file "
                   "configs/inference.json --bundle_root . --datalist requests.json (a list of {\"image\": path, "
                   "\"box\": [x0, y0, x1, y1] in image pixels}" + ("; the box is required" if boxed else "")
                   + "). Masks go to <output_dir>/<image stem>_pred.png.",
@@ -58,7 +61,7 @@ def inference_config(run: dict[str, Any], image_size: int) -> dict[str, Any]:
         "precision": run.get("precision", "auto"),
         "checkpoint": run.get("checkpoint") or None,
         "network_def": {"_target_": "medsam_peft.load_tuned_sam",
-                        "adapter": "$os.path.join(@bundle_root, 'models', 'model.pt')", "checkpoint": "@checkpoint"},
+                        "adapter": f"$os.path.join(@bundle_root, '{BUNDLE_ADAPTER}')", "checkpoint": "@checkpoint"},
         "network": "$@network_def.to(@device).eval()",
         # the training chain's own preprocessing (medsam_peft.transforms.sam_preprocessing), images only
         "preprocessing": {"_target_": "Compose", "transforms": "$medsam_peft.transforms.sam_preprocessing(@image_size, "
@@ -85,19 +88,105 @@ def inference_config(run: dict[str, Any], image_size: int) -> dict[str, Any]:
     }
 
 
+ADAPTER_CANDIDATES = ("checkpoints/adapter_best.safetensors", "adapter_final.safetensors",
+                      "checkpoints/adapter_best.pt", "adapter_final.pt")  # .pt: runs from before safetensors
+
+
+def run_evaluation(run_dir: Path, meta: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The numbers an exported bundle reports: ``configs/evaluate.json``'s ``eval/metrics.json`` when that was run
+    (original image size), else the validation the adapter file recorded when it was saved (model resolution)."""
+    metrics_file = run_dir / "eval" / "metrics.json"
+    if metrics_file.is_file():
+        report = json.loads(metrics_file.read_text())
+        return (f"configs/evaluate.json on the {report.get('split') or 'held-out'} split, at each image's original "
+                "size", report)
+    validation = meta.get("validation")
+    if isinstance(validation, dict) and validation.get("metrics"):
+        return (f"validation during training (epoch {validation.get('epoch')}, model resolution)",
+                {"split": "validation", "metrics": validation["metrics"]})
+    return "not run", {"split": "", "metrics": {}}
+
+
+def _datalist_summary(run: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
+    path = run.get("datalist_file")
+    if not path or not Path(path).is_file():
+        return {}, {}
+    datalist = json.loads(Path(path).read_text())
+    counts = {k: len(v) for k, v in datalist.items() if isinstance(v, list) and not k.endswith("_volumes")}
+    return datalist.get("meta", {}) if isinstance(datalist.get("meta"), dict) else {}, counts
+
+
+def _base_weights(backbone: str, checkpoint: str) -> dict[str, str] | None:
+    """The release the frozen base comes from (URL + digest) when it is a download, for ``large_files.yml``."""
+    from medsam_peft.models.registry import get_backbone_spec
+
+    source = get_backbone_spec(backbone).checkpoints.get(checkpoint)  # a release name; None for paths and "bundled"
+    if source is None:
+        return None
+    hash_type, hash_val = ("sha256", source.sha256) if source.sha256 else ("md5", source.md5)
+    return {"path": f"models/base/{source.filename}", "url": source.url, "hash_val": hash_val or "",
+            "hash_type": hash_type}
+
+
+def _docs(title: str, meta: dict[str, Any], run: dict[str, Any], report: dict[str, Any], evaluated: str,
+          evaluation: dict[str, Any], data_meta: dict[str, Any], counts: dict[str, int], metric_lines: list[str],
+          modality: str) -> str:
+    metrics = evaluation["metrics"]
+    table = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items()) if metrics else "| (none) | |"
+    recipe = {k: run[k] for k in ("max_epochs", "learning_rate", "batch_size", "weight_decay", "accumulation_steps",
+                                  "precision", "prompt", "multimask", "key_metric", "seed") if k in run}
+    structures = data_meta.get("structures") or data_meta.get("classes")
+    data_lines = [f"- dataset `{run.get('dataset', 'unknown')}` ({modality})"
+                  + (f": {data_meta.get('title')}" if data_meta.get("title") else "")]
+    if counts:
+        data_lines.append("- samples: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    if structures:
+        data_lines.append("- structures: " + ", ".join(map(str, structures.values() if isinstance(structures, dict)
+                                                               else structures)))
+    if data_meta.get("note"):
+        data_lines.append(f"- {data_meta['note']}")
+    return "\n".join([
+        f"# {title}", "",
+        f"A MONAI bundle exported by `medsam-peft export-bundle` from the training run `{run.get('run_dir', '')}`.",
+        "", "## Model", "",
+        f"- backbone `{meta['backbone']}` (base weights: {run.get('checkpoint') or 'release default'}, fetched and "
+        "verified by medsam_peft, not stored here), tuner `{}`".format(meta["tuner"]),
+        f"- tuner options `{json.dumps(meta['options'])}`",
+        f"- trainable parameters: {report.get('trainable', 'n/a'):,} of {report.get('total', 'n/a'):,}"
+        if isinstance(report.get("trainable"), int) else "- trainable parameters: n/a",
+        f"- input {meta['image_size']}x{meta['image_size']} RGB in [0, 1], prompt: {run.get('prompt', 'none')}",
+        "", "## Results", "", f"Evaluation: {evaluated}.", "", "| metric | value |", "|---|---|", table, "",
+        *(["Zero-shot (before tuning) vs tuned, from the run's metric report:", "", "```", *metric_lines, "```", ""]
+          if metric_lines else []),
+        "## Training recipe", "", "```json", json.dumps(recipe, indent=1), "```", "",
+        "`configs/train.json` in this bundle records the run's settings; retrain with medsam_peft's training bundles "
+        "(`python -m monai.bundle run --config_file bundles/<bundle>.json` with these values as overrides).", "",
+        "## Data", "", *data_lines, "",
+        "## Use", "", "```", "pip install medsam_peft",
+        "python -m monai.bundle run --config_file configs/inference.json --bundle_root . --datalist requests.json",
+        "medsam-peft predict --adapter models/model.safetensors --input FOLDER_OR_FILE --output masks/",
+        "```", "",
+        "`requests.json` lists `{\"image\": path, \"box\": [x0, y0, x1, y1]}` in image pixels. "
+        "`models/model.safetensors` is the adapter (tensors + metadata); `models/model.pt` holds the same tensors as a "
+        "plain state dict for MONAI's `ckpt_export`.", "",
+        "Intended use: research; not for clinical use.", "",
+    ])
+
+
 def export_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, adapter: str | os.PathLike | None = None,
                   name: str | None = None, label_name: str = "foreground") -> Path:
     """Write ``out_dir`` as a MONAI bundle from the training run in ``run_dir`` (its best adapter by default)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    candidates = [Path(adapter)] if adapter else [run_dir / "checkpoints" / "adapter_best.pt",
-                                                   run_dir / "adapter_final.pt"]
+    candidates = [Path(adapter)] if adapter else [run_dir / c for c in ADAPTER_CANDIDATES]
     source = next((p for p in candidates if p.is_file()), None)
     if source is None:
         raise FileNotFoundError(f"no adapter in {run_dir} (looked for {', '.join(str(p) for p in candidates)}); "
                                 "pass the training run's output_dir or --adapter FILE")
-    meta = read_adapter(source)["metadata"]  # refuses files that are not adapters
+    payload = read_adapter(source)  # refuses files that are not adapters
+    meta = payload["metadata"]
     run_file = run_dir / "run_config.json"
     run = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    run["run_dir"] = str(run_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty; choose a new folder")
     image_size = int(meta["image_size"])
@@ -105,11 +194,14 @@ def export_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, adapte
     title = name or f"{meta['tuner']} {meta['backbone']} {run.get('dataset', '')}".strip()
     for sub in ("configs", "models", "docs"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, out_dir / "models" / "model.pt")
+    write_bundle_adapter(out_dir, payload)
     report_file = run_dir / "parameter_report.json"
     report = json.loads(report_file.read_text()) if report_file.is_file() else {}
-    metrics_file = run_dir / "eval" / "metrics.json"
-    eval_metrics = json.loads(metrics_file.read_text())["metrics"] if metrics_file.is_file() else {}
+    evaluated, evaluation = run_evaluation(run_dir, meta)
+    data_meta, counts = _datalist_summary(run)
+    modality, data_type = dataset_modality(str(run.get("dataset", "")))
+    report_lines = (run_dir / "metric_report.txt").read_text().splitlines() if (run_dir / "metric_report.txt").is_file() else []
+    task = "Multi-class" if meta.get("decoder", {}).get("num_classes") else "Binary"
     metadata = {
         "schema": SCHEMA_URL,
         "version": "0.1.0",
@@ -118,21 +210,28 @@ def export_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, adapte
         "pytorch_version": versions["torch"],
         "numpy_version": versions["numpy"],
         "required_packages_version": {k: versions[k] for k in ("medsam_peft", "segment-anything", "pytorch-ignite",
-                                                                "pillow")},
+                                                                "pillow", "safetensors")},
         "name": title,
-        "task": f"Binary segmentation ({label_name}) with a SAM-family model tuned by {meta['tuner']}",
+        "task": f"{task} segmentation ({label_name}) of {modality} images with a SAM-family model tuned by "
+                f"{meta['tuner']}",
         "description": f"{meta['backbone']} + {meta['tuner']} adapter ({report.get('trainable', 'n/a')} trainable "
-                       f"parameters); prompt: {run.get('prompt', 'none')}. The base weights are fetched by "
-                       f"medsam_peft (checkpoint {run.get('checkpoint') or 'release default'}), not stored here.",
+                       f"parameters) trained on {run.get('dataset', 'user data')} ({modality}); prompt: "
+                       f"{run.get('prompt', 'none')}. configs/inference.json segments 2-D images (volumes are sliced "
+                       "by medsam-peft predict and the MONAI Label app). The base weights are fetched by medsam_peft "
+                       f"(checkpoint {run.get('checkpoint') or 'release default'}), not stored here.",
         "authors": "medsam_peft users",
         "copyright": "Copyright (c) the model's trainers; code Apache-2.0",
-        "data_type": "png",
-        "eval_metrics": eval_metrics,
-        "intended_use": "Research; not for clinical use",
+        "data_source": f"{run.get('dataset', 'user data')}" + (f" ({data_meta['source']})" if data_meta.get("source") else ""),
+        "data_type": data_type,
+        "image_classes": f"{modality}, 3 channels (grey images repeated), intensities scaled to [0, 1]",
+        "label_classes": f"0 background, 1 {label_name}",
+        "eval_metrics": evaluation["metrics"],
+        "intended_use": f"Research: {label_name} segmentation in {modality} images like those of "
+                        f"{run.get('dataset', 'its training data')}; not for clinical use",
         "references": ["Zhong et al., Convolution Meets LoRA, ICLR 2024", "Peng et al., SAM-PARSER, AAAI 2024",
                        "Kirillov et al., Segment Anything, ICCV 2023"],
         "network_data_format": {
-            "inputs": {"image": {"type": "image", "format": "RGB", "modality": "any", "num_channels": 3,
+            "inputs": {"image": {"type": "image", "format": "RGB", "modality": modality, "num_channels": 3,
                                  "spatial_shape": [image_size, image_size], "dtype": "float32",
                                  "value_range": [0, 1], "is_patch_data": False,
                                  "channel_def": {"0": "R", "1": "G", "2": "B"}}},
@@ -144,17 +243,19 @@ def export_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, adapte
     }
     (out_dir / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2))
     (out_dir / "configs" / "inference.json").write_text(json.dumps(inference_config(run, image_size), indent=2))
+    # the run's settings, for whoever retrains (the training chain itself lives in medsam_peft's configs/)
+    (out_dir / "configs" / "train.json").write_text(json.dumps(
+        {"_desc_": "Settings of the training run this bundle was exported from (run_config.json); pass them as "
+                   "overrides to a medsam_peft training bundle to retrain.",
+         **{k: v for k, v in run.items() if k != "run_dir"}, "tuner": meta["tuner"], "tuner_options": meta["options"]},
+        indent=2))
+    (out_dir / "docs" / "metrics.json").write_text(json.dumps({"evaluated": evaluated, **evaluation}, indent=2))
+    base = _base_weights(meta["backbone"], str(run.get("checkpoint") or ""))
+    if base is not None:
+        (out_dir / "large_files.yml").write_text(
+            "large_files:\n" + "".join(f'  {"-" if i == 0 else " "} {k}: "{v}"\n' for i, (k, v) in enumerate(base.items())))
     license_text = resources.files("medsam_peft").joinpath("resources/LICENSE-Apache-2.0.txt").read_text()
     (out_dir / "LICENSE").write_text(license_text)
-    (out_dir / "docs" / "README.md").write_text(
-        f"# {title}\n\nA MONAI bundle exported by `medsam-peft export-bundle` from `{run_dir}`.\n\n"
-        f"- backbone `{meta['backbone']}`, tuner `{meta['tuner']}`, options `{json.dumps(meta['options'])}`\n"
-        f"- input {image_size}x{image_size}, prompt: {run.get('prompt', 'none')}\n"
-        f"- trainable parameters: {report.get('trainable', 'n/a')} of {report.get('total', 'n/a')}\n"
-        f"- evaluation: {json.dumps(eval_metrics) if eval_metrics else 'not run'}\n\n"
-        "```\npip install medsam_peft\n"
-        "python -m monai.bundle run --config_file configs/inference.json --bundle_root . --datalist requests.json\n"
-        "```\n\n`requests.json` lists `{\"image\": path, \"box\": [x0, y0, x1, y1]}` in image pixels. "
-        "The base SAM weights are not in this bundle: medsam_peft fetches and verifies them on first use.\n"
-    )
+    (out_dir / "docs" / "README.md").write_text(_docs(title, meta, run, report, evaluated, evaluation, data_meta,
+                                                      counts, report_lines, modality))
     return out_dir

@@ -62,6 +62,8 @@ class DatasetSpec:
     registration: str | None = None  # how to obtain it when it cannot be downloaded automatically
     split: str = ""
     seeds: tuple[str, ...] = field(default=())  # which paper evaluates on it
+    modality: str = "photograph"  # what the images are, for an exported bundle's metadata
+    source_format: str = "png"  # MONAI model-zoo ``data_type`` of the raw data ("nibabel" for NIfTI volumes)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -348,52 +350,77 @@ _ISIC = "https://isic-challenge-data.s3.amazonaws.com/2017"
 DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
     DatasetSpec("kvasir", "Kvasir-SEG", "https://datasets.simula.no/kvasir-seg/", "binary", _kvasir,
                 (Archive(f"{_SIMULA}/kvasir-seg.zip"),),
-                split="1,000 images: seeded 100 test (PraNet size), 10% of the rest validation", seeds=("conv_lora",)),
+                split="1,000 images: seeded 100 test (PraNet size), 10% of the rest validation", seeds=("conv_lora",),
+                modality="endoscopy", source_format="jpg"),
     DatasetSpec("cvc_clinicdb", "CVC-ClinicDB (CVC-612)", "https://polyp.grand-challenge.org/CVCClinicDB/", "binary",
                 _cvc_clinicdb, registration="request it from the CVC-ClinicDB page (Original/ and Ground Truth/ TIFFs)",
-                split="612 images: seeded 62 test (PraNet size), 10% of the rest validation", seeds=("conv_lora",)),
+                split="612 images: seeded 62 test (PraNet size), 10% of the rest validation", seeds=("conv_lora",),
+                modality="endoscopy", source_format="tiff"),
     DatasetSpec("isic2017", "ISIC 2017 Part 1", "https://challenge.isic-archive.com/data/#2017", "binary", _isic2017,
                 tuple(Archive(f"{_ISIC}/ISIC-2017_{s}.zip") for s in (
                     "Training_Data", "Training_Part1_GroundTruth", "Validation_Data", "Validation_Part1_GroundTruth",
                     "Test_v2_Data", "Test_v2_Part1_GroundTruth")),
-                split="official 2,000 / 150 / 600", seeds=("conv_lora",)),
+                split="official 2,000 / 150 / 600", seeds=("conv_lora",),
+                modality="dermoscopy", source_format="jpg"),
     DatasetSpec("camo", "CAMO (camouflaged objects)", "https://sites.google.com/view/ltnghia/research/camo", "binary",
                 _paired_folders, registration="download CAMO-V.1.0 from the project page (Google Drive link)",
-                split="official 1,000 train / 250 test when given as folders", seeds=("conv_lora",)),
+                split="official 1,000 train / 250 test when given as folders", seeds=("conv_lora",),
+                modality="photograph", source_format="jpg"),
     DatasetSpec("sbu", "SBU-shadow", "https://www3.cs.stonybrook.edu/~cvl/projects/shadow_noisy_label/", "binary",
                 _sbu, (Archive("https://www3.cs.stonybrook.edu/~cvl/content/datasets/shadow_db/SBU-shadow.zip"),),
-                split="official 4,089 train (5% seeded validation) / 638 test", seeds=("conv_lora",)),
+                split="official 4,089 train (5% seeded validation) / 638 test", seeds=("conv_lora",),
+                modality="photograph", source_format="jpg"),
     DatasetSpec("leaf", "Leaf disease segmentation", "https://www.kaggle.com/datasets/fakhrealam9537/"
                 "leaf-disease-segmentation-dataset", "binary", _paired_folders,
                 registration="download it from Kaggle (account needed)", split="its train/test folders",
-                seeds=("conv_lora",)),
+                seeds=("conv_lora",),
+                modality="photograph", source_format="jpg"),
     DatasetSpec("road", "Massachusetts Roads", "https://www.cs.toronto.edu/~vmnih/data/", "binary",
                 _massachusetts_roads, registration="download the 1500x1500 tiles (Kaggle mirror: balraj98/"
                 "massachusetts-roads-dataset, folders train/ train_labels/ val/ val_labels/ test/ test_labels/)",
-                split="official 1,108 / 14 / 49", seeds=("conv_lora",)),
+                split="official 1,108 / 14 / 49", seeds=("conv_lora",),
+                modality="aerial imagery", source_format="tiff"),
     DatasetSpec("abdomenct", "AbdomenCT-1K (or FLARE22)", "https://github.com/JunMa11/AbdomenCT-1K", "volumes",
                 _abdomen_ct, registration="download the CT volumes and masks from the AbdomenCT-1K page",
-                split="patient-level 80/20, seed 2023 (SAM-PARSER)", seeds=("sam_parser",)),
+                split="patient-level 80/20, seed 2023 (SAM-PARSER)", seeds=("sam_parser",),
+                modality="CT", source_format="nibabel"),
     DatasetSpec("coco2017", "COCO 2017 instances", "https://cocodataset.org/#download", "instances", _coco2017,
                 (Archive("http://images.cocodataset.org/zips/train2017.zip"),
                  Archive("http://images.cocodataset.org/zips/val2017.zip"),
                  Archive("http://images.cocodataset.org/annotations/annotations_trainval2017.zip")),
-                split="official train2017 / val2017, one sample per polygon instance", seeds=("sam_parser",)),
+                split="official train2017 / val2017, one sample per polygon instance", seeds=("sam_parser",),
+                modality="photograph", source_format="jpg"),
     DatasetSpec("voc2012", "PASCAL VOC 2012", "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/", "instances",
                 _voc2012, (Archive("https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
                                    md5="6cd6e144f989b92b3379bac3b3de84fd"),),
-                split="official segmentation train / val, one sample per object", seeds=("sam_parser",)),
+                split="official segmentation train / val, one sample per object", seeds=("sam_parser",),
+                modality="photograph", source_format="jpg"),
     DatasetSpec("nwpu", "NWPU VHR-10 (instance masks)", "https://github.com/chaozhong2010/VHR-10_dataset_coco",
                 "instances", _nwpu_vhr10, registration="download NWPU VHR-10 with its COCO-format instance masks",
-                split="seeded by image 70/10/20", seeds=("sam_parser",)),
+                split="seeded by image 70/10/20", seeds=("sam_parser",),
+                modality="aerial imagery", source_format="jpg"),
     DatasetSpec("whu", "WHU building (aerial)", "http://gpcv.whu.edu.cn/data/building_dataset.html", "binary",
                 _paired_folders, registration="download the aerial imagery dataset from the WHU page",
-                split="official train / val / test folders", seeds=("sam_parser",)),
+                split="official train / val / test folders", seeds=("sam_parser",),
+                modality="aerial imagery", source_format="tiff"),
     DatasetSpec("trans10k", "Trans10K-v2", "https://xieenze.github.io/projects/TransLAB/TransLAB.html", "multiclass",
                 _trans10k, registration="download Trans10K-v2 from the project page (Google Drive); masks_12 must hold "
                 "class-id PNGs (0..11)",
-                split="official 5,000 / 1,000 / 4,428", seeds=("conv_lora",)),
+                split="official 5,000 / 1,000 / 4,428", seeds=("conv_lora",),
+                modality="photograph", source_format="jpg"),
 )}
+
+
+# The offline datasets (prepared by data/colin27.py and data/volumes.py): (modality, raw format).
+OFFLINE_DATASETS = {"colin27_aal": ("MR (T1)", "nibabel"), "colin27_aal_multiclass": ("MR (T1)", "nibabel"),
+                    "invesalius_ct": ("CT", "nibabel")}
+
+
+def dataset_modality(name: str) -> tuple[str, str]:
+    """(modality, model-zoo data_type of the raw data) of a dataset by name; ("unknown", "png") for user data."""
+    if name in DATASETS:
+        return DATASETS[name].modality, DATASETS[name].source_format
+    return OFFLINE_DATASETS.get(name, ("unknown", "png"))
 
 
 # ---------------------------------------------------------------------------------------------------------------

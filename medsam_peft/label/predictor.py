@@ -28,6 +28,7 @@ from medsam_peft.models.embedding_cache import ImageEmbeddingCache
 from medsam_peft.transforms.intensity.array import ScaleIntensityByDtype
 from medsam_peft.transforms.io.array import ImageReadError, LoadImage2D, LoadVolume, is_volume_path
 from medsam_peft.transforms.spatial.array import ResizeLongestSide, ScaleBox
+from medsam_peft.tuners.adapter_io import bundle_adapter_file
 
 
 class LabelRequestError(MedsamPeftError, ValueError):
@@ -153,7 +154,6 @@ class BundlePredictor:
             raise BundleError(f"bundle folder {self.bundle_dir} not found")
         self.metadata = _read_json(self.bundle_dir / "configs" / "metadata.json")
         self.config = _read_json(self.bundle_dir / "configs" / "inference.json")
-        self.adapter_file = self.bundle_dir / "models" / "model.pt"
         if not self.adapter_file.is_file():
             raise BundleError(f"{self.adapter_file} is missing: the bundle has no adapter")
         try:
@@ -182,6 +182,12 @@ class BundlePredictor:
         return self.bundle_dir.name
 
     @property
+    def adapter_file(self) -> Path:
+        """Looked up on each use: the train task may turn a bundle's old ``model.pt`` adapter into the safetensors
+        pair while it is served."""
+        return bundle_adapter_file(self.bundle_dir)
+
+    @property
     def error(self) -> BundleError | None:
         """Why the model could not be loaded (None if it loaded or was not tried yet)."""
         return self._error
@@ -201,7 +207,7 @@ class BundlePredictor:
     def model(self):
         """The tuned model; a load failure is remembered and raised as ``BundleError`` on every call.
 
-        A new ``models/model.pt`` (MONAI Label's train task replaces it by an atomic rename) is loaded on the next
+        A new ``models/model.safetensors`` (MONAI Label's train task replaces it by an atomic rename) is loaded on the next
         call, with the cached image embeddings dropped: a tuned encoder embeds differently."""
         with self._lock:
             version = self._adapter_version()

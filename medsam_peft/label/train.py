@@ -7,7 +7,7 @@ intensity scaling; each label value a separate object), split by image into trai
 ``val_split``), and the package's training workflow (``configs/train.json``) runs on them with the bundle's backbone,
 tuner, options and prompt mode, starting from the bundle's adapter (``pretrained``, MONAI Label's name for it) and
 validating it before the first epoch, so the run reports the served model's score on this data before and after.
-The best epoch's adapter replaces ``models/model.pt`` atomically when it validates better than the run's starting
+The best epoch's adapter replaces ``models/model.safetensors`` atomically when it validates better than the run's starting
 adapter (validated before the first epoch; ``"publish": "always"`` takes the last epoch's instead), the previous file
 kept in ``models/history/``, and the infer task serves it from its next request on.
 
@@ -35,8 +35,15 @@ from monailabel.interfaces.tasks.train import TrainTask
 from medsam_peft.errors import DataError, MedsamPeftError
 from medsam_peft.label.predictor import BundleError, BundlePredictor, LabelRequestError
 from medsam_peft.transforms.io.array import is_volume_path
-from medsam_peft.tuners.adapter_io import decoder_shape_of, read_adapter, tensor_checksum, tuner_options_of
-from medsam_peft.utils.atomic_io import atomic_write_bytes, write_json_atomic
+from medsam_peft.tuners.adapter_io import (
+    bundle_adapter_file,
+    decoder_shape_of,
+    read_adapter,
+    tensor_checksum,
+    tuner_options_of,
+    write_bundle_adapter,
+)
+from medsam_peft.utils.atomic_io import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -268,14 +275,15 @@ def read_metric_report(path: Path) -> dict[str, dict[str, float]]:
 
 
 def publish_adapter(bundle_dir: Path, adapter: Path, stamp: str, note: str) -> Path:
-    """Make ``adapter`` the bundle's ``models/model.pt`` (atomic rename; the previous file kept in ``models/history``)
-    and record the change in ``configs/metadata.json`` (patch version + changelog)."""
-    read_adapter(adapter)  # a damaged file never replaces a working one
-    target = bundle_dir / "models" / "model.pt"
+    """Make ``adapter`` the bundle's adapter (``models/model.safetensors`` and its plain ``model.pt`` twin, atomic
+    renames; the previous adapter kept in ``models/history``) and record the change in ``configs/metadata.json``
+    (patch version + changelog)."""
+    payload = read_adapter(adapter)  # a damaged file never replaces a working one
+    current = bundle_adapter_file(bundle_dir)
     history = bundle_dir / "models" / "history"
     history.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(target, history / f"model_{stamp}.pt")
-    atomic_write_bytes(target, adapter.read_bytes())
+    shutil.copy2(current, history / f"model_{stamp}{current.suffix}")
+    target = write_bundle_adapter(bundle_dir, payload)
     meta_file = bundle_dir / "configs" / "metadata.json"
     meta = json.loads(meta_file.read_text())
     major, minor, patch = (list(map(int, str(meta.get("version", "0.1.0")).split(".")[:3])) + [0, 0, 0])[:3]
@@ -357,13 +365,13 @@ class SamBundleTrainTask(TrainTask):
         metrics = read_metric_report(run_dir / "metric_report.txt")
         key = metrics.get(PROMPT_RECIPES[self.predictor.prompt][1]) if self.predictor.prompt in PROMPT_RECIPES else None
         if settings["publish"] == "always":
-            chosen, replaced = run_dir / "adapter_final.pt", True
+            chosen, replaced = run_dir / "adapter_final.safetensors", True
         else:
             # The best-adapter checkpoint weighs the starting adapter too (validated before the first epoch, keeping
             # the first of equal scores). From the served adapter, a best file that differs from it is a trained epoch
             # that scored higher; from a fresh one (not kept), the last epoch must beat the fresh score (the report's
             # "after" is the last epoch's), so a run never publishes what validated worse than where it started.
-            chosen = run_dir / "checkpoints" / "adapter_best.pt"
+            chosen = run_dir / "checkpoints" / "adapter_best.safetensors"
             replaced = settings["pretrained"] or (key is not None and key["after"] > key["before"])
         if replaced and not chosen.is_file():
             raise TrainRunError(f"training {self.predictor.name} wrote no {chosen.name} (log: {log})")
@@ -377,7 +385,7 @@ class SamBundleTrainTask(TrainTask):
                            self.predictor.name)
         result = {"model": self.predictor.name, "run": stamp, "replaced": replaced, "train_samples": len(training),
                   "val_samples": len(validation), "images": len(samples), "epochs": settings["max_epochs"],
-                  "seconds": seconds, "metrics": metrics, "adapter": str(bundle / "models" / "model.pt"),
+                  "seconds": seconds, "metrics": metrics, "adapter": str(bundle_adapter_file(bundle)),
                   "log": str(log)}
         write_json_atomic(self.work_dir / "last_run.json", result, indent=1)
         logger.info("trained %s: %s", self.predictor.name, json.dumps(metrics))

@@ -1,9 +1,16 @@
-"""Adapter-only files: the trainable tensors of a tuned model plus the metadata needed to rebuild it."""
+"""Adapter-only files: the trainable tensors of a tuned model plus the metadata needed to rebuild it.
+
+Two containers hold the same payload (format marker, metadata with the tensors' checksum, tensors):
+``.safetensors`` (the default: no pickle, readable by any safetensors reader, the metadata as JSON in the header)
+and the older ``torch.save`` ``.pt`` dict, which keeps loading. ``read_adapter`` tells them apart by content.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +18,13 @@ import torch
 
 from medsam_peft.errors import MedsamPeftError
 from medsam_peft.tuners.base import DECODER_SHAPE_KEYS, TunedSam
-from medsam_peft.utils.atomic_io import atomic_torch_save
+from medsam_peft.utils.atomic_io import atomic_torch_save, atomic_write_bytes
 from medsam_peft.version import __version__
 
 ADAPTER_FORMAT = "medsam_peft.adapter/1"
 CHECKSUM_KEY = "tensor_sha256"
+BASE_CHECKSUM_KEY = "base_sha256"
+SAFETENSORS_SUFFIX = ".safetensors"
 
 
 class AdapterLoadError(MedsamPeftError, RuntimeError):
@@ -32,11 +41,34 @@ def tensor_checksum(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def base_checksum(model: TunedSam) -> str:
+    """Fingerprint of the frozen base weights (``tensor_checksum`` of every parameter that does not train), computed
+    once per model: an adapter applied to other base weights (another checkpoint, MedSAM vs SAM) is told apart."""
+    cached = getattr(model, "_base_sha256", None)
+    if cached is None:
+        frozen = {n: p for n, p in model.model.named_parameters() if not p.requires_grad}
+        cached = tensor_checksum(frozen) if all(p.device.type != "meta" for p in frozen.values()) else ""
+        model._base_sha256 = cached
+    return cached
+
+
 def adapter_payload(model: TunedSam) -> dict[str, Any]:
     """The adapter-file layout: format marker, metadata (with the tensors' checksum) and the trainable tensors."""
     state = adapter_state_dict(model)
     return {"format": ADAPTER_FORMAT, "metadata": {**adapter_metadata(model), CHECKSUM_KEY: tensor_checksum(state)},
             "state_dict": state}
+
+
+def write_adapter_payload(payload: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write an ``adapter_payload`` atomically: safetensors for a ``.safetensors`` name, else ``torch.save``."""
+    path = Path(path)
+    if path.suffix != SAFETENSORS_SUFFIX:
+        return atomic_torch_save(payload, path)
+    from safetensors.torch import save
+
+    header = {"format": payload["format"], "metadata": json.dumps(payload["metadata"], sort_keys=True)}
+    state = {k: v.contiguous() for k, v in payload["state_dict"].items()}
+    return atomic_write_bytes(path, save(state, metadata=header))
 
 
 def verify_checksum(meta: dict[str, Any], state: dict[str, torch.Tensor], source: str) -> None:
@@ -61,6 +93,7 @@ def adapter_metadata(model: TunedSam) -> dict[str, Any]:
         "image_size": model.model.image_size,
         "decoder": model.model.decoder_shape,
         "medsam_peft_version": __version__,
+        BASE_CHECKSUM_KEY: base_checksum(model),
     }
 
 
@@ -81,20 +114,50 @@ def tuner_options_of(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def save_adapter(model: TunedSam, path: str | os.PathLike) -> Path:
-    """Write the adapter file atomically (a few MB at most: no frozen SAM weights)."""
-    return atomic_torch_save(adapter_payload(model), path)
+    """Write the adapter file atomically (a few MB at most: no frozen SAM weights); ``.safetensors`` names get the
+    safetensors container, others the ``torch.save`` one."""
+    return write_adapter_payload(adapter_payload(model), path)
+
+
+def _read_safetensors_payload(path: Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    tensors = {}
+    with safe_open(str(path), framework="pt", device="cpu") as handle:
+        header = handle.metadata() or {}
+        for name in handle.keys():
+            tensors[name] = handle.get_tensor(name)
+    try:
+        metadata = json.loads(header["metadata"]) if "metadata" in header else None
+    except json.JSONDecodeError as err:
+        raise AdapterLoadError(f"adapter file {path} has a damaged metadata header ({err.msg}); export it again") from err
+    return {"format": header.get("format"), "metadata": metadata, "state_dict": tensors}
 
 
 def read_adapter(path: str | os.PathLike) -> dict[str, Any]:
-    """Read an adapter file with ``weights_only=True`` and check its format marker."""
+    """Read an adapter file (safetensors, or ``torch.load`` with ``weights_only=True``) and check its format marker
+    and tensor checksum."""
     path = Path(path)
     if not path.is_file():
-        raise AdapterLoadError(f"adapter file {path} does not exist; give the adapter_best.pt / adapter_final.pt of a "
-                               "training run or an exported bundle's models/model.pt")
+        raise AdapterLoadError(f"adapter file {path} does not exist; give the adapter_best.safetensors / "
+                               "adapter_final.safetensors of a training run or an exported bundle's "
+                               "models/model.safetensors")
+    with path.open("rb") as handle:
+        magic = handle.read(4)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several unrelated types for truncated/foreign files
+        # torch.save writes a zip archive; anything else is read as safetensors (8-byte header length + JSON)
+        if magic.startswith(b"PK"):
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            payload = _read_safetensors_payload(path)
+    except AdapterLoadError:
+        raise
+    except Exception as err:  # torch and safetensors raise several unrelated types for truncated/foreign files
         raise AdapterLoadError(f"adapter file {path} cannot be read ({type(err).__name__}); it is truncated or corrupt") from err
+    if isinstance(payload, dict) and payload and all(isinstance(k, str) and k.startswith("model.") and
+                                                     isinstance(v, torch.Tensor) for k, v in payload.items()):
+        raise AdapterLoadError(f"{path} is a plain state dict without the adapter's metadata (an exported bundle's "
+                               "models/model.pt, kept for MONAI's ckpt_export); load models/model.safetensors")
     if not isinstance(payload, dict) or payload.get("format") != ADAPTER_FORMAT:
         raise AdapterLoadError(
             f"{path} is not a medsam_peft adapter file (format marker {payload.get('format') if isinstance(payload, dict) else None!r}, "
@@ -119,6 +182,11 @@ def load_adapter(model: TunedSam, path: str | os.PathLike) -> None:
 def apply_adapter_state(model: TunedSam, meta: dict[str, Any], state: dict[str, torch.Tensor], source: str) -> None:
     """Check ``meta``/``state`` against ``model`` (tuner, backbone, options, keys, shapes) and copy the tensors in."""
     verify_checksum(meta, state, source)
+    recorded_base = meta.get(BASE_CHECKSUM_KEY)
+    if recorded_base and base_checksum(model) and recorded_base != base_checksum(model):
+        warnings.warn(f"{source} was trained on other base weights than this model's (base checksum "
+                      f"{recorded_base[:12]} vs {base_checksum(model)[:12]}): pass the checkpoint it was trained with",
+                      stacklevel=2)
     problems = []
     if meta.get("tuner") != model.config.tuner_type:
         problems.append(f"tuner {meta.get('tuner')!r} in the file vs {model.config.tuner_type!r} in the model")
@@ -146,3 +214,27 @@ def apply_adapter_state(model: TunedSam, meta: dict[str, Any], state: dict[str, 
     with torch.no_grad():
         for name, tensor in state.items():
             expected[name].copy_(tensor)
+
+
+# An exported MONAI bundle keeps the adapter twice, a few MB each: models/model.safetensors (what load_tuned_sam,
+# the label server and sharing read) and models/model.pt, the plain adapter-only state dict (``TunedSam`` names)
+# that the model-zoo tools (``monai.bundle ckpt_export``, ignite's ``Checkpoint.load_objects``) load strictly into
+# ``network_def`` (TunedSam accepts an adapter-only state dict: its frozen base comes from the base checkpoint).
+BUNDLE_ADAPTER = "models/model.safetensors"
+BUNDLE_STATE_DICT = "models/model.pt"
+
+
+def bundle_adapter_file(bundle_dir: str | os.PathLike) -> Path:
+    """The adapter of a bundle folder: ``models/model.safetensors``, or the ``models/model.pt`` adapter of bundles
+    exported before safetensors."""
+    bundle_dir = Path(bundle_dir)
+    current = bundle_dir / BUNDLE_ADAPTER
+    return current if current.is_file() or not (bundle_dir / BUNDLE_STATE_DICT).is_file() else bundle_dir / BUNDLE_STATE_DICT
+
+
+def write_bundle_adapter(bundle_dir: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` (``read_adapter``'s dict) as the bundle's adapter pair, each file atomically; the plain
+    state dict first, so a reader that sees the new safetensors file finds its twin already written."""
+    bundle_dir = Path(bundle_dir)
+    atomic_torch_save({f"model.{k}": v for k, v in payload["state_dict"].items()}, bundle_dir / BUNDLE_STATE_DICT)
+    return write_adapter_payload(payload, bundle_dir / BUNDLE_ADAPTER)

@@ -183,6 +183,7 @@ class TunedSam(nn.Module):
         self.config = config
         self.targeted_module_names = self._inject()
         self._mark_trainable()
+        self.register_load_state_dict_post_hook(_accept_adapter_only_state)
 
     # ---- injection -------------------------------------------------------------------------------------------
     def _create_layer(self, name: str, target: nn.Module) -> nn.Module:
@@ -223,6 +224,10 @@ class TunedSam(nn.Module):
         for name, param in self.model.named_parameters():
             trainable = self.is_adapter_parameter(name) or _within(name, cfg.trainable_modules)
             param.requires_grad_(trainable and not _within(name, cfg.frozen_modules))
+
+    def adapter_state_keys(self) -> set[str]:
+        """``state_dict`` names of the trainable tensors (an adapter-only state dict has exactly these)."""
+        return {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
 
     # ---- running ---------------------------------------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -323,3 +328,13 @@ class TunedSam(nn.Module):
             "ratio": trainable / total if total else 0.0,
             "trainable_by_group": groups,
         }
+
+
+def _accept_adapter_only_state(module: TunedSam, incompatible: Any) -> None:
+    """``load_state_dict`` of an adapter-only state dict (every trainable tensor, no frozen one: an exported bundle's
+    ``models/model.pt``, which MONAI's ``ckpt_export`` loads strictly) keeps the frozen base the model was built
+    with. A dict that holds some frozen tensors, or lacks a trainable one, stays a strict mismatch."""
+    missing = set(incompatible.missing_keys)
+    frozen = {f"model.{n}" for n, p in module.model.named_parameters() if not p.requires_grad}
+    if missing and frozen <= missing and not missing & module.adapter_state_keys():
+        incompatible.missing_keys.clear()  # frozen parameters and buffers: the base checkpoint's values stay

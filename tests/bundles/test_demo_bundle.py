@@ -48,7 +48,7 @@ def test_report_and_artifacts(demo_run) -> None:
     assert match, report
     assert "val_mean_dice zero-shot (before tuning)" in log
     assert len(list((out / "run" / "overlays").glob("overlay_*.png"))) == 2
-    assert (out / "run" / "checkpoints" / "adapter_best.pt").is_file()
+    assert (out / "run" / "checkpoints" / "adapter_best.safetensors").is_file()
 
 
 def test_mlflow_holds_params_and_metrics(demo_run) -> None:
@@ -68,14 +68,14 @@ def test_mlflow_holds_params_and_metrics(demo_run) -> None:
     assert json.loads(runs.loc[0, "params.tuner_options"]) == {"r": 3, "alpha": 32, "num_experts": 8}
     assert runs.loc[0, "params.mask_tokens"] == "None" and runs.loc[0, "params.num_classes"] == "None"  # SAM's decoder
     artifacts = {a.path for a in client.list_artifacts(runs.loc[0, "run_id"])}
-    assert {"parameter_report.json", "adapter_best.pt", "overlay_00.png"} <= artifacts
+    assert {"parameter_report.json", "adapter_best.safetensors", "overlay_00.png"} <= artifacts
 
 
 def test_final_adapter_reproduces_the_reported_dice_independently(demo_run) -> None:
-    """Reload adapter_final.pt, predict the validation slices ourselves and compute Dice with NumPy."""
+    """Reload adapter_final.safetensors, predict the validation slices ourselves and compute Dice with NumPy."""
     out, _ = demo_run
     torch.manual_seed(0)
-    model = load_tuned_sam(out / "run" / "adapter_final.pt").eval()
+    model = load_tuned_sam(out / "run" / "adapter_final.safetensors").eval()
     resize, resize_mask = ResizeLongestSide(128, "bilinear"), ResizeLongestSide(128, "nearest-exact")
     dices = []
     for item in load_decathlon_datalist(out / "data" / "datalist.json", data_list_key="validation", base_dir=out / "data"):
@@ -130,7 +130,7 @@ def test_inference_writes_masks_from_boxes_in_image_pixels(demo_run, tmp_path) -
                       {**_tiny(out), "infer_datalist": str(tmp_path / "requests.json"), "infer_dir": str(tmp_path / "masks"),
                        "precision": "float32"})  # fp32: the random tiny model sits near 0.5 on many pixels
     assert f"masks written to {tmp_path / 'masks'}" in log
-    model = load_tuned_sam(out / "run" / "checkpoints" / "adapter_best.pt").eval()
+    model = load_tuned_sam(out / "run" / "checkpoints" / "adapter_best.safetensors").eval()
     for request in requests:
         image = np.asarray(Image.open(request["image"]), dtype=np.float32) / 255.0
         h, w = image.shape
@@ -153,7 +153,7 @@ def test_export_bundle_is_valid_and_runs_anywhere(demo_run, tmp_path) -> None:
     assert cli_main(["export-bundle", str(out / "run"), str(bundle), "--label", "thalamus"]) == 0
     assert {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()} == {
         "configs/metadata.json", "configs/inference.json", "models/model.pt", "docs/README.md", "LICENSE"}
-    assert (bundle / "models" / "model.pt").read_bytes() == (out / "run" / "checkpoints" / "adapter_best.pt").read_bytes()
+    assert (bundle / "models" / "model.pt").read_bytes() == (out / "run" / "checkpoints" / "adapter_best.safetensors").read_bytes()
     verify = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file",
                              str(bundle / "configs" / "metadata.json"), "--filepath",
                              str(REPO / "tests" / "data" / "meta_schema_20240725.json")],

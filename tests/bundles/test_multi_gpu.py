@@ -87,8 +87,8 @@ def runs(slices, tmp_path_factory):
 
 def test_one_step_on_two_processes_equals_one_process_with_the_double_batch(runs) -> None:
     root, _, _ = runs
-    two = read_adapter(root / "two" / "adapter_final.pt")["state_dict"]
-    one = read_adapter(root / "one" / "adapter_final.pt")["state_dict"]
+    two = read_adapter(root / "two" / "adapter_final.safetensors")["state_dict"]
+    one = read_adapter(root / "one" / "adapter_final.safetensors")["state_dict"]
     assert set(two) == set(one)
     for name in one:
         scale = one[name].abs().max().clamp_min(1e-12)
@@ -106,7 +106,7 @@ def test_sharded_validation_equals_a_single_process_evaluation(runs, slices) -> 
     assert zero_shot[0] == zero_shot[1]  # the same frozen start on every rank, every sample scored once
     reported = float(re.search(r"tuned ([\d.]+)", (root / "two" / "metric_report.txt").read_text()).group(1))
     torch.manual_seed(0)
-    model = load_tuned_sam(root / "two" / "adapter_final.pt").eval()
+    model = load_tuned_sam(root / "two" / "adapter_final.safetensors").eval()
     resize, resize_mask = ResizeLongestSide(128, "bilinear"), ResizeLongestSide(128, "nearest-exact")
     dices = []
     for item in load_decathlon_datalist(slices / "datalist.json", data_list_key="validation", base_dir=slices):

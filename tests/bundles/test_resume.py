@@ -66,7 +66,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path) -> None:
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     saved_epoch = torch.load(resume_file, weights_only=True)["epoch"]
-    assert 1 <= saved_epoch < 3 and not (out / "adapter_final.pt").exists()
+    assert 1 <= saved_epoch < 3 and not (out / "adapter_final.safetensors").exists()
 
     resumed = subprocess.run(_command(out, data), capture_output=True, text=True, env=_env(), cwd=REPO, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -74,8 +74,8 @@ def test_killed_run_resumes_to_the_same_result(tmp_path) -> None:
     assert f"resumed from {resume_file} at epoch {saved_epoch}" in log
     assert f"epoch {saved_epoch}/3" not in log  # finished epochs are not trained again
     assert _final_metric(log) == _final_metric(straight.stdout + straight.stderr)
-    a = torch.load(tmp_path / "straight" / "adapter_final.pt", weights_only=True)["state_dict"]
-    b = torch.load(out / "adapter_final.pt", weights_only=True)["state_dict"]
+    a = torch.load(tmp_path / "straight" / "adapter_final.safetensors", weights_only=True)["state_dict"]
+    b = torch.load(out / "adapter_final.safetensors", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     # MLflow: the uninterrupted run has its overridden params, a train/val history per epoch and its artifacts ...
@@ -85,7 +85,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path) -> None:
         "max_epochs": "3", "batch_size": "3", "learning_rate": "0.0002"}
     assert [step for step, _ in history["train_loss"]] == [1, 2, 3]
     assert [step for step, _ in history["val_mean_dice"]] == [0, 1, 2, 3]  # zero-shot, then every epoch
-    assert {"parameter_report.json", "run_config.json", "metric_report.txt", "adapter_best.pt",
+    assert {"parameter_report.json", "run_config.json", "metric_report.txt", "adapter_best.safetensors",
             "overlay_00.png"} <= artifacts
     # ... and the killed run, resumed, continued its own MLflow run (found by its output folder) to the same history
     resumed_run, resumed, resumed_artifacts = _mlflow_run(out)

@@ -57,7 +57,7 @@ def test_bundle_trains_one_epoch_with_its_own_loss_and_metrics(name, small_data,
     assert key_metric in metrics and math.isfinite(metrics[key_metric])
     if name.startswith("conv_lora"):
         assert workflow.parser.get_parsed_content("squash") is True and config["prepare_batch"].endswith("::none")
-    assert (tmp_path / "adapter_final.pt").is_file() and (tmp_path / "checkpoints" / "adapter_best.pt").is_file()
+    assert (tmp_path / "adapter_final.safetensors").is_file() and (tmp_path / "checkpoints" / "adapter_best.safetensors").is_file()
     workflow.finalize()
 
 

@@ -93,7 +93,7 @@ def test_bad_datalist_names_the_file_and_entry(entry_points, colin27_data, tmp_p
     out = tmp_path / "run"
     line = entry_points.bundle(DEMO, _overrides(data, out)).refused(1, *fragments)
     assert str(data / "datalist.json") in line
-    assert not out.exists() or not list(out.rglob("*.pt"))  # refused before training: no checkpoint
+    assert not out.exists() or not [*out.rglob("*.pt"), *out.rglob("*.safetensors")]  # refused before training: no checkpoint
 
 
 def test_missing_datalist_without_preparation_gives_the_prepare_command(entry_points, tmp_path) -> None:
@@ -139,7 +139,7 @@ def test_unreadable_training_image_stops_training_naming_it(entry_points, colin2
     out = tmp_path / "run"
     outcome = entry_points.bundle(DEMO, _overrides(data, out, num_workers=num_workers))
     outcome.refused(1, "broken_0.png: unreadable or truncated image")
-    assert leftovers(out) == [] and not (out / "adapter_final.pt").exists()
+    assert leftovers(out) == [] and not (out / "adapter_final.safetensors").exists()
 
 
 def _resized_mask(root: Path, entry: dict, index: int) -> None:
@@ -255,6 +255,6 @@ def test_full_disk_names_the_folder_and_leaves_no_temporaries(colin27_data, tmp_
     from tests.corpus.conftest import Outcome
 
     Outcome(done.returncode, done.stdout, done.stderr).refused(1, "no space left on", str(out / "checkpoints"),
-                                                              "adapter_best.pt", "choose another output folder")
+                                                              "adapter_best.safetensors", "choose another output folder")
     files = listing.read_text().split()
     assert files and not [f for f in files if f.endswith(".tmp")], files  # no half-written temporaries left

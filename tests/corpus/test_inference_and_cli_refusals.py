@@ -76,7 +76,7 @@ def test_inference_without_a_request_list_says_how_to_give_one(entry_points, tra
 def test_bit_flipped_adapter_is_refused_naming_it(entry_points, trained, tmp_path) -> None:
     """A 4 KiB-scale corruption of a tensor (a value changed) loaded silently before adapters carried a checksum."""
     bad = tmp_path / "adapter.pt"
-    payload = torch.load(trained["out"] / "checkpoints" / "adapter_best.pt", weights_only=True)
+    payload = torch.load(trained["out"] / "checkpoints" / "adapter_best.safetensors", weights_only=True)
     first = sorted(payload["state_dict"])[0]
     payload["state_dict"][first].view(-1)[:1024] += 1e-3
     torch.save(payload, bad)
@@ -114,7 +114,7 @@ def test_export_bundle_into_a_folder_in_use(entry_points, trained, tmp_path) -> 
 
 def test_export_bundle_refuses_a_corrupt_adapter(entry_points, trained, tmp_path) -> None:
     bad = tmp_path / "adapter.pt"
-    payload = torch.load(trained["out"] / "adapter_final.pt", weights_only=True)
+    payload = torch.load(trained["out"] / "adapter_final.safetensors", weights_only=True)
     payload["state_dict"][sorted(payload["state_dict"])[-1]].view(-1)[0] *= -2.0
     torch.save(payload, bad)
     entry_points.cli(["export-bundle", str(trained["out"]), str(tmp_path / "bundle"), "--adapter", str(bad)]).refused(

@@ -205,7 +205,7 @@ def test_trans10k_bundle_on_real_aal_structures_as_classes(tmp_path, monkeypatch
     run = client.search_runs([client.get_experiment_by_name("semantic").experiment_id])[0]
     assert run.data.metrics["val_iou_Putamen_R"] == pytest.approx(metrics["val_iou_Putamen_R"])
 
-    model = load_tuned_sam(out / "adapter_final.pt", checkpoint="bundled").eval()
+    model = load_tuned_sam(out / "adapter_final.safetensors", checkpoint="bundled").eval()
     y_true, y_pred = [], []
     for entry in datalist["validation"]:
         image = np.asarray(Image.open(data / entry["image"]).convert("RGB"), dtype=np.float32) / 255

@@ -531,7 +531,7 @@ def test_train_fine_tunes_the_adapter_from_the_datastore_then_serves_it(server, 
     assert info["train_stats"]["trainable"]["run"] == run["run"]
     run_dir = server["app"] / "train" / "trainable" / run["run"]
     now = (bundle / "models/model.pt").read_bytes()
-    assert run["replaced"] and now == (run_dir / "adapter_final.pt").read_bytes() != served
+    assert run["replaced"] and now == (run_dir / "adapter_final.safetensors").read_bytes() != served
     history = list((bundle / "models/history").glob("model_*.pt"))
     assert [p.read_bytes() == served for p in history] == [True]
     assert json.loads((bundle / "configs/metadata.json").read_text())["version"] == "0.1.1"

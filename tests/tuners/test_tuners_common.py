@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
+import warnings
 
 import pytest
 import torch
@@ -23,6 +25,7 @@ from medsam_peft.tuners import (
     read_adapter,
     save_adapter,
 )
+from medsam_peft.tuners.adapter_io import adapter_state_dict, tensor_checksum
 
 QKV_TINY = {"image_encoder.blocks.0.attn.qkv", "image_encoder.blocks.1.attn.qkv"}
 LINEARS_TINY = {
@@ -161,11 +164,17 @@ def test_gradients_reach_exactly_the_trainable_set(case_id, tuner, options, targ
 @pytest.mark.parametrize("case_id, tuner, options, targets, also_trains", TUNER_CASES, ids=CASE_IDS)
 def test_adapter_save_load_round_trip(case_id, tuner, options, targets, also_trains, tmp_path) -> None:
     trained = _tuned(tuner, options, init_weights=False).eval()
-    path = save_adapter(trained, tmp_path / "adapter.pt")
+    path = save_adapter(trained, tmp_path / "adapter.safetensors")
+    assert path.read_bytes()[8:9] == b"{"  # the safetensors container: header length, then the JSON header
     payload = read_adapter(path)
     trainable = {n for n, p in trained.model.named_parameters() if p.requires_grad}
     assert set(payload["state_dict"]) == trainable  # no frozen SAM weight in the file
     assert payload["metadata"]["tuner"] == tuner and payload["metadata"]["backbone"] == "vit_tiny"
+    for name, param in trained.model.named_parameters():  # bit-identical, dtype included
+        if param.requires_grad:
+            assert payload["state_dict"][name].dtype == param.dtype and torch.equal(payload["state_dict"][name], param)
+    # the torch.save container (files from before safetensors) holds the same payload
+    assert read_adapter(save_adapter(trained, tmp_path / "adapter.pt"))["metadata"] == payload["metadata"]
 
     fresh = _tuned(tuner, options, init_weights=True).eval()
     load_adapter(fresh, path)
@@ -229,6 +238,58 @@ def test_adapter_load_rejects_mismatches(tmp_path) -> None:
     torch.save(_base().state_dict(), full)
     with pytest.raises(AdapterLoadError, match="not a medsam_peft adapter file"):
         load_adapter(_tuned("lora", {"r": 4}), full)
+
+
+def test_safetensors_adapter_is_checked_and_readable_without_medsam_peft(tmp_path) -> None:
+    from safetensors import safe_open
+
+    trained = _tuned("conv_lora", {}, init_weights=False)
+    path = save_adapter(trained, tmp_path / "adapter.safetensors")
+    with safe_open(str(path), framework="pt") as handle:  # any safetensors reader sees tensors + JSON metadata
+        header = handle.metadata()
+        assert header["format"] == "medsam_peft.adapter/1" and json.loads(header["metadata"])["tuner"] == "conv_lora"
+        assert set(handle.keys()) == {n for n, p in trained.model.named_parameters() if p.requires_grad}
+    meta = read_adapter(path)["metadata"]
+    frozen = {n: p for n, p in trained.model.named_parameters() if not p.requires_grad}
+    assert meta["base_sha256"] == tensor_checksum(frozen) and len(meta["tensor_sha256"]) == 64
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x01  # one bit of the last tensor
+    flipped = tmp_path / "flipped.safetensors"
+    flipped.write_bytes(bytes(data))
+    with pytest.raises(AdapterLoadError, match=r"flipped.safetensors is corrupt: its tensors do not match the checksum"):
+        load_tuned_sam(flipped)
+    header_flip = bytearray(path.read_bytes())
+    header_flip[20] ^= 0x40
+    damaged = tmp_path / "header.safetensors"
+    damaged.write_bytes(bytes(header_flip))
+    with pytest.raises(AdapterLoadError, match="header.safetensors"):
+        read_adapter(damaged)
+    with pytest.warns(UserWarning, match="adapter.safetensors was trained on other base weights"):
+        load_adapter(_tuned("conv_lora", {}, seed=2), path)  # another random vit_tiny base
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_adapter(_tuned("conv_lora", {}), path)  # the same base: no warning
+
+
+def test_adapter_only_state_dict_loads_strictly(tmp_path) -> None:
+    """An exported bundle's models/model.pt (adapter tensors under TunedSam names) loads with strict=True, as MONAI's
+    ckpt_export does; a dict that lacks a trainable tensor or carries only some frozen ones stays an error."""
+    trained = _tuned("lora", {"r": 4}, init_weights=False)
+    adapter = {f"model.{k}": v for k, v in adapter_state_dict(trained).items()}
+    fresh = _tuned("lora", {"r": 4})
+    base_before = {k: v.clone() for k, v in fresh.state_dict().items() if k not in adapter}
+    fresh.load_state_dict(adapter, strict=True)
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in adapter.items())
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in base_before.items())  # the base stays
+    with pytest.raises(RuntimeError, match="Missing key"):
+        fresh.load_state_dict({k: v for k, v in list(adapter.items())[1:]}, strict=True)
+    some_frozen = {**adapter, next(iter(base_before)): next(iter(base_before.values()))}
+    with pytest.raises(RuntimeError, match="Missing key"):
+        fresh.load_state_dict(some_frozen, strict=True)
+    plain = tmp_path / "model.pt"
+    torch.save(adapter, plain)
+    with pytest.raises(AdapterLoadError, match="model.pt is a plain state dict .*load models/model.safetensors"):
+        read_adapter(plain)
 
 
 def test_run_checkpoint_view_round_trip_and_mismatch() -> None:

@@ -9,9 +9,8 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
-from medsam_peft.tuners.adapter_io import adapter_payload
+from medsam_peft.tuners.adapter_io import adapter_payload, write_adapter_payload
 from medsam_peft.tuners.base import TunedSam
-from medsam_peft.utils.atomic_io import atomic_torch_save
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +21,7 @@ class BestAdapterCheckpoint:
 
     Unlike MONAI's ``CheckpointSaver`` it is part of the resume state (``state_dict``): a resumed run compares with
     the best score of the epochs before the interruption instead of overwriting the best file with whatever its first
-    validation gives; and it writes through ``atomic_torch_save`` (a full disk is reported naming the folder).
+    validation gives; and it writes atomically (safetensors for a ``.safetensors`` path; a full disk is reported naming the folder).
     ``save=False`` keeps the score without writing (the non-zero ranks of a distributed run).
     """
 
@@ -50,7 +49,13 @@ class BestAdapterCheckpoint:
             return
         self.best, self.best_epoch = value, int(evaluator.state.epoch)
         if self.save:
-            atomic_torch_save(adapter_payload(self.network), self.path)
+            payload = adapter_payload(self.network)
+            # the file documents its own score: export-bundle reports it when no evaluation run was made
+            payload["metadata"]["validation"] = {
+                "epoch": self.best_epoch,
+                "metrics": {k: float(v) for k, v in evaluator.state.metrics.items() if isinstance(v, (int, float))},
+            }
+            write_adapter_payload(payload, self.path)
         logger.info("new best %s %.4f (epoch %d): %s", self.metric, value, self.best_epoch, self.path)
 
     def state_dict(self) -> dict[str, Any]:
