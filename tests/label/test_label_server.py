@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from medsam_peft.cli import main as cli_main
-from medsam_peft.tuners.adapter_io import tensor_checksum
+from medsam_peft.tuners.adapter_io import read_adapter, tensor_checksum, write_adapter_payload
 from tests.conftest import COLIN27_DIR
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,17 +63,17 @@ def server(tmp_path_factory):
     assert cli_main(["export-bundle", str(root / "run"), str(bundle), "--label", "subcortical"]) == 0
     broken = app / "model" / "mismatched"
     shutil.copytree(bundle, broken)
-    payload = torch.load(broken / "models/model.pt", weights_only=True)
+    payload = read_adapter(broken / "models/model.safetensors")
     payload["state_dict"].pop(sorted(payload["state_dict"])[0])
     payload["metadata"]["tensor_sha256"] = tensor_checksum(payload["state_dict"])  # a whole file, of another model
-    torch.save(payload, broken / "models/model.pt")
+    write_adapter_payload(payload, broken / "models/model.safetensors")
     # a copy damaged in transit: one value of one tensor changed, the recorded checksum kept
     corrupt = app / "model" / "corrupt"
     shutil.copytree(bundle, corrupt)
-    payload = torch.load(corrupt / "models/model.pt", weights_only=True)
+    payload = read_adapter(corrupt / "models/model.safetensors")
     first = sorted(payload["state_dict"])[0]
     payload["state_dict"][first].view(-1)[0] += 1.0
-    torch.save(payload, corrupt / "models/model.pt")
+    write_adapter_payload(payload, corrupt / "models/model.safetensors")
     # the same adapter declared prompt-free (as a Conv-LoRA bundle trained without prompts is): the automatic task
     automatic = app / "model" / "automatic"
     shutil.copytree(bundle, automatic)
@@ -491,7 +491,7 @@ def _wait_for_training(client, timeout=900):
 
 def test_train_fine_tunes_the_adapter_from_the_datastore_then_serves_it(server, tmp_path) -> None:
     """Annotators label slices, press Train: the adapter is fine-tuned on the datastore's final labels in MONAI
-    Label's background train process, replaces the bundle's model.pt if it validates better, and the next click is
+    Label's background train process, replaces the bundle's adapter if it validates better, and the next click is
     answered by the new adapter."""
     from monailabel.client.client import MONAILabelClientException
 
@@ -512,7 +512,7 @@ def test_train_fine_tunes_the_adapter_from_the_datastore_then_serves_it(server, 
         reply = requests.post(f"{server['url']}/train/{model}", json=params, timeout=30)
         assert reply.status_code == status and message in reply.json()["detail"], reply.text
     bundle = server["app"] / "model" / "trainable"
-    served = (bundle / "models/model.pt").read_bytes()
+    served = (bundle / "models/model.safetensors").read_bytes()
     box = _box_of(server["mask"])
     before_file, _ = client.infer("trainable", "slice", {"roi": box})
     before_mask = np.asarray(Image.open(before_file))
@@ -530,9 +530,13 @@ def test_train_fine_tunes_the_adapter_from_the_datastore_then_serves_it(server, 
     assert info["trainers"]["trainable"]["config"]["max_epochs"] == 1  # MONAI Label's train panel
     assert info["train_stats"]["trainable"]["run"] == run["run"]
     run_dir = server["app"] / "train" / "trainable" / run["run"]
-    now = (bundle / "models/model.pt").read_bytes()
-    assert run["replaced"] and now == (run_dir / "adapter_final.safetensors").read_bytes() != served
-    history = list((bundle / "models/history").glob("model_*.pt"))
+    now = (bundle / "models/model.safetensors").read_bytes()
+    final = read_adapter(run_dir / "adapter_final.safetensors")["metadata"]["tensor_sha256"]
+    assert run["replaced"] and read_adapter(bundle / "models/model.safetensors")["metadata"]["tensor_sha256"] == final
+    assert now != served and run["adapter"] == str(bundle / "models/model.safetensors")
+    plain = torch.load(bundle / "models/model.pt", weights_only=True)  # the ckpt_export twin follows
+    assert tensor_checksum({k.removeprefix("model."): v for k, v in plain.items()}) == final
+    history = list((bundle / "models/history").glob("model_*.safetensors"))
     assert [p.read_bytes() == served for p in history] == [True]
     assert json.loads((bundle / "configs/metadata.json").read_text())["version"] == "0.1.1"
     # the served adapter's score on the validation image before the first epoch, and the epoch's

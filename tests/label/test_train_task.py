@@ -16,7 +16,8 @@ from medsam_peft.errors import DataError
 from medsam_peft.label.predictor import LabelRequestError
 from medsam_peft.label.train import (TRAIN_DEFAULTS, datastore_samples, package_configs_dir, parse_train_request,
                                      publish_adapter, read_metric_report, split_samples, training_config)
-from medsam_peft.tuners import build_tuned_sam, save_adapter
+from medsam_peft.tuners import build_tuned_sam, read_adapter, save_adapter
+from medsam_peft.tuners.adapter_io import bundle_adapter_file
 from tests.conftest import COLIN27_DIR
 
 RIGHT_THALAMUS, RIGHT_CAUDATE = 78, 72
@@ -116,20 +117,25 @@ def test_publish_keeps_the_previous_adapter_and_bumps_the_version(tmp_path) -> N
     (bundle / "configs").mkdir()
     (bundle / "configs" / "metadata.json").write_text(json.dumps({"version": "0.1.0", "changelog": {"0.1.0": "x"}}))
     model = build_tuned_sam("lite_medsam", None, "lora", image_size=256, device="cpu", tuner_options={"r": 2})
-    save_adapter(model, bundle / "models" / "model.pt")
+    save_adapter(model, bundle / "models" / "model.pt")  # a bundle exported before safetensors
     old = (bundle / "models" / "model.pt").read_bytes()
     with torch.no_grad():
         next(p for p in model.parameters() if p.requires_grad).add_(1.0)
-    new = save_adapter(model, tmp_path / "best.pt")
-    (tmp_path / "broken.pt").write_bytes(b"not an adapter")
-    with pytest.raises(Exception, match="broken.pt"):
-        publish_adapter(bundle, tmp_path / "broken.pt", "s0", "never")
-    assert (bundle / "models" / "model.pt").read_bytes() == old
-    publish_adapter(bundle, new, "s1", "fine-tuned")
-    assert (bundle / "models" / "model.pt").read_bytes() == new.read_bytes() != old
+    new = save_adapter(model, tmp_path / "best.safetensors")
+    (tmp_path / "broken.safetensors").write_bytes(b"not an adapter")
+    with pytest.raises(Exception, match="broken.safetensors"):
+        publish_adapter(bundle, tmp_path / "broken.safetensors", "s0", "never")
+    assert (bundle / "models" / "model.pt").read_bytes() == old and bundle_adapter_file(bundle).name == "model.pt"
+    assert publish_adapter(bundle, new, "s1", "fine-tuned") == bundle / "models" / "model.safetensors"
+    assert bundle_adapter_file(bundle) == bundle / "models" / "model.safetensors"
+    assert read_adapter(bundle / "models" / "model.safetensors")["metadata"] == read_adapter(new)["metadata"]
+    plain = torch.load(bundle / "models" / "model.pt", weights_only=True)  # now the adapter-only state dict
+    assert all(torch.equal(plain[f"model.{k}"], v) for k, v in read_adapter(new)["state_dict"].items())
     assert (bundle / "models" / "history" / "model_s1.pt").read_bytes() == old
+    publish_adapter(bundle, tmp_path / "best.safetensors", "s2", "again")
+    assert (bundle / "models" / "history" / "model_s2.safetensors").is_file()
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
-    assert meta["version"] == "0.1.1" and list(meta["changelog"]) == ["0.1.1", "0.1.0"]
+    assert meta["version"] == "0.1.2" and list(meta["changelog"]) == ["0.1.2", "0.1.1", "0.1.0"]
 
 
 def test_metric_report_lines_are_read_back(tmp_path) -> None:

@@ -72,6 +72,12 @@ class ConvLoraLinear(nn.Module, BaseTunerLayer):
             importance, load = global_batch_sum(importance), global_batch_sum(load)
         self._aux_loss = self.aux_loss_coef * (cv_squared(importance) + cv_squared(load))
         self.last_expert_index = index.detach()
+        if _graph_capture():
+            # TorchScript tracing / ONNX / torch.export record no Python control flow: every expert runs and the
+            # gate's index picks each sample's output (the same values; the eager loop only skips idle experts).
+            stacked = torch.stack([expert(grid) for expert in self.conv_lora_experts], dim=1)
+            picked = index.view(-1, 1, 1, 1, 1).expand(-1, 1, *stacked.shape[2:])
+            return stacked.gather(1, picked).squeeze(1)
         out = torch.zeros_like(grid)
         for expert_id in index.unique().tolist():
             chosen = (index == expert_id).nonzero(as_tuple=True)[0]
@@ -88,3 +94,8 @@ class ConvLoraLinear(nn.Module, BaseTunerLayer):
 
     def aux_loss(self) -> torch.Tensor | None:
         return self._aux_loss
+
+
+def _graph_capture() -> bool:
+    """True while a tracer records the forward (``torch.jit.trace``, ONNX export, ``torch.export``/``compile``)."""
+    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling())
