@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from medsam_peft.tuners.adapter_io import read_adapter, write_adapter_payload
 from tests.corpus.conftest import TINY
 
 DEMO = "bundles/conv_lora_demo.json"
@@ -75,11 +76,11 @@ def test_inference_without_a_request_list_says_how_to_give_one(entry_points, tra
 
 def test_bit_flipped_adapter_is_refused_naming_it(entry_points, trained, tmp_path) -> None:
     """A 4 KiB-scale corruption of a tensor (a value changed) loaded silently before adapters carried a checksum."""
-    bad = tmp_path / "adapter.pt"
-    payload = torch.load(trained["out"] / "checkpoints" / "adapter_best.safetensors", weights_only=True)
+    bad = tmp_path / "adapter.safetensors"
+    payload = read_adapter(trained["out"] / "checkpoints" / "adapter_best.safetensors")
     first = sorted(payload["state_dict"])[0]
     payload["state_dict"][first].view(-1)[:1024] += 1e-3
-    torch.save(payload, bad)
+    write_adapter_payload(payload, bad)  # the recorded checksum kept
     entry_points.bundle(EVALUATE, _overrides(trained, adapter_file=str(bad), eval_dir=str(tmp_path / "eval"))).refused(
         1, f"adapter file {bad} is corrupt", "checksum")
     assert not (tmp_path / "eval").exists()
@@ -113,8 +114,8 @@ def test_export_bundle_into_a_folder_in_use(entry_points, trained, tmp_path) -> 
 
 
 def test_export_bundle_refuses_a_corrupt_adapter(entry_points, trained, tmp_path) -> None:
-    bad = tmp_path / "adapter.pt"
-    payload = torch.load(trained["out"] / "adapter_final.safetensors", weights_only=True)
+    bad = tmp_path / "adapter.pt"  # the torch.save container of earlier versions is checked alike
+    payload = read_adapter(trained["out"] / "adapter_final.safetensors")
     payload["state_dict"][sorted(payload["state_dict"])[-1]].view(-1)[0] *= -2.0
     torch.save(payload, bad)
     entry_points.cli(["export-bundle", str(trained["out"]), str(tmp_path / "bundle"), "--adapter", str(bad)]).refused(
