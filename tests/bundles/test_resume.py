@@ -15,6 +15,7 @@ import time
 import mlflow
 import torch
 
+from medsam_peft.tuners import read_adapter
 from tests.bundles.test_demo_bundle import REPO
 
 
@@ -74,8 +75,8 @@ def test_killed_run_resumes_to_the_same_result(tmp_path) -> None:
     assert f"resumed from {resume_file} at epoch {saved_epoch}" in log
     assert f"epoch {saved_epoch}/3" not in log  # finished epochs are not trained again
     assert _final_metric(log) == _final_metric(straight.stdout + straight.stderr)
-    a = torch.load(tmp_path / "straight" / "adapter_final.safetensors", weights_only=True)["state_dict"]
-    b = torch.load(out / "adapter_final.safetensors", weights_only=True)["state_dict"]
+    a = read_adapter(tmp_path / "straight" / "adapter_final.safetensors")["state_dict"]
+    b = read_adapter(out / "adapter_final.safetensors")["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     # MLflow: the uninterrupted run has its overridden params, a train/val history per epoch and its artifacts ...
