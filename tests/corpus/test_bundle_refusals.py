@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 from pathlib import Path
@@ -254,7 +255,9 @@ def test_full_disk_names_the_folder_and_leaves_no_temporaries(colin27_data, tmp_
                           timeout=600)
     from tests.corpus.conftest import Outcome
 
-    Outcome(done.returncode, done.stdout, done.stderr).refused(1, "no space left on", str(out / "checkpoints"),
-                                                              "adapter_best.safetensors", "choose another output folder")
+    line = Outcome(done.returncode, done.stdout, done.stderr).refused(1, "no space left on", str(out / "checkpoints"),
+                                                                     "choose another output folder")
+    # Which checkpoint overflows first depends on the tiny model's sizes; the line must name that file.
+    assert re.search(r"while writing (adapter_best\.safetensors|resume\.pt) \(", line), line
     files = listing.read_text().split()
     assert files and not [f for f in files if f.endswith(".tmp")], files  # no half-written temporaries left
