@@ -85,6 +85,20 @@ def cmd_export_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from medsam_peft.predict import predict
+
+    done = predict(args.adapter, args.input, args.output, boxes=args.boxes, prompt_free=args.prompt_free,
+                   device=args.device, checkpoint=args.checkpoint,
+                   progress=lambda items: tqdm(items, desc="predict", unit="file", disable=args.quiet))
+    empty = sum(1 for p in done if p.foreground == 0)
+    print(f"wrote {len(done)} masks to {args.output} ({empty} empty); summary in "
+          f"{args.output.rstrip('/')}/predictions.json")
+    return 0
+
+
 @functools.lru_cache(maxsize=None)
 def _mergeable(backbone: str, tuner: str) -> bool:
     from medsam_peft.tuners import build_tuned_sam
@@ -197,6 +211,22 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--name", default=None, help="bundle name in metadata.json")
     export.add_argument("--label", default="foreground", help="name of the segmented structure")
     export.set_defaults(func=cmd_export_bundle)
+
+    predict = sub.add_parser("predict", help="segment images or volumes with a tuned adapter, masks into a folder")
+    predict.add_argument("--adapter", required=True,
+                         help="training run folder, exported bundle folder, or an adapter file inside one")
+    predict.add_argument("--input", required=True,
+                         help="an image (PNG/JPG/TIFF), a volume (NIfTI/MHA/NRRD, DICOM folder) or a folder of them")
+    prompt = predict.add_mutually_exclusive_group()
+    prompt.add_argument("--boxes", default=None,
+                        help="JSON {\"<input file name>\": [x0, y0, x1, y1]} (image pixels; volumes: "
+                             "[i0, i1, j0, j1, k0, k1] voxel indices, or a MONAI Label request object)")
+    prompt.add_argument("--prompt-free", action="store_true", help="the model was trained without prompts")
+    predict.add_argument("--output", required=True, help="folder for <stem>_pred.png / <stem>_pred.nii.gz")
+    predict.add_argument("--device", default="cpu")
+    predict.add_argument("--checkpoint", default=None, help="base SAM weights (default: the run's or bundle's)")
+    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    predict.set_defaults(func=cmd_predict)
     return parser
 
 

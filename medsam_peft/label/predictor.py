@@ -145,7 +145,10 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 class BundlePredictor:
-    """A tuned SAM loaded from an exported bundle folder, built on first use (thread-safe)."""
+    """A tuned SAM loaded from an exported bundle folder, built on first use (thread-safe).
+
+    ``from_run`` serves a training run's adapter instead (the run's ``run_config.json`` holds the same settings as a
+    bundle's ``configs/inference.json``): ``medsam-peft predict`` takes either."""
 
     def __init__(self, bundle_dir: str | Path, device: str | torch.device = "cpu", threshold: float = 0.5,
                  embedding_cache_size: int = 16) -> None:
@@ -154,14 +157,45 @@ class BundlePredictor:
             raise BundleError(f"bundle folder {self.bundle_dir} not found")
         self.metadata = _read_json(self.bundle_dir / "configs" / "metadata.json")
         self.config = _read_json(self.bundle_dir / "configs" / "inference.json")
+        self._adapter_override: Path | None = None
         if not self.adapter_file.is_file():
             raise BundleError(f"{self.adapter_file} is missing: the bundle has no adapter")
         try:
             channels = self.metadata["network_data_format"]["outputs"]["pred"]["channel_def"]
-            self.image_size = int(self.config["image_size"])
+            int(self.config["image_size"])
         except (KeyError, TypeError, ValueError) as err:
             raise BundleError(f"{self.bundle_dir}: metadata.json/inference.json lack {err}; re-export the bundle") from err
-        self.labels = {name: int(i) for i, name in channels.items() if name != "background"}
+        self._configure({name: int(i) for i, name in channels.items() if name != "background"}, device, threshold,
+                        embedding_cache_size)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, adapter_file: str | Path, device: str | torch.device = "cpu",
+                 threshold: float = 0.5, embedding_cache_size: int = 16, checkpoint: str | None = None
+                 ) -> BundlePredictor:
+        """Serve ``adapter_file`` with the preprocessing and base checkpoint recorded in ``run_dir/run_config.json``
+        (``checkpoint`` overrides the recorded one, e.g. when the run's base weights lie elsewhere here)."""
+        self = cls.__new__(cls)
+        self.bundle_dir = Path(run_dir)
+        run_config = self.bundle_dir / "run_config.json"
+        settings = _read_json(run_config)
+        if not isinstance(settings, dict) or "image_size" not in settings:
+            raise BundleError(f"{run_config} has no image_size; it is not a medsam_peft training run's file")
+        if settings.get("num_classes"):
+            raise BundleError(f"{run_config}: the run trained a multi-class model; predict serves binary models")
+        if checkpoint is not None:
+            settings = {**settings, "checkpoint": checkpoint}
+        self.metadata, self.config = {"name": self.bundle_dir.name}, settings
+        self._adapter_override = Path(adapter_file)
+        if not self._adapter_override.is_file():
+            raise BundleError(f"adapter file {adapter_file} not found")
+        self._configure({"foreground": 1}, device, threshold, embedding_cache_size)
+        return self
+
+    def _configure(self, labels: dict[str, int], device: str | torch.device, threshold: float,
+                   embedding_cache_size: int) -> None:
+        """The settings read from ``self.config`` (a bundle's inference.json or a run's run_config.json)."""
+        self.image_size = int(self.config["image_size"])
+        self.labels = labels
         self.squash = bool(self.config.get("squash", False))
         self.prompt = str(self.config.get("prompt", "box"))
         # trained with SAM's multimask output: a lone click (no box, no mask) gets the most confident of 3 masks
@@ -185,7 +219,7 @@ class BundlePredictor:
     def adapter_file(self) -> Path:
         """Looked up on each use: the train task may turn a bundle's old ``model.pt`` adapter into the safetensors
         pair while it is served."""
-        return bundle_adapter_file(self.bundle_dir)
+        return self._adapter_override or bundle_adapter_file(self.bundle_dir)
 
     @property
     def error(self) -> BundleError | None:

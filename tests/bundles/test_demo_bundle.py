@@ -247,3 +247,114 @@ def test_the_same_pictures_in_16_bit_score_the_same_dice(demo_run, tmp_path) -> 
     assert runs["8bit"]["val_mean_dice"] > 0
     for key, value in runs["8bit"].items():
         assert runs["16bit"][key] == pytest.approx(value, abs=1e-6), key
+
+
+def _evaluation_boxes_in_image_pixels(item: dict, image_size: int) -> list[float]:
+    """The box configs/evaluate.json prompts ``item`` with (from the resized mask, no jitter, in the model's frame),
+    mapped back to the image's pixels: ``predict --boxes`` scales it to the model's frame again."""
+    from medsam_peft.transforms import RandBoxFromMaskd, ScaleBox, sam_preprocessing
+
+    sample = {"image": item["image"], "label": item["label"]}
+    for transform in sam_preprocessing(image_size):
+        sample = transform(sample)
+    box = RandBoxFromMaskd("label", "box", max_jitter=0)(sample)["box"]
+    h, w = np.asarray(Image.open(item["image"])).shape[:2]
+    sx, sy = ScaleBox(image_size).scale_factors((h, w))
+    return [float(box[0]) / sx, float(box[1]) / sy, float(box[2]) / sx, float(box[3]) / sy]
+
+
+def test_predict_on_a_folder_of_slices_scores_the_evaluations_dice(demo_run, tmp_path) -> None:
+    """`medsam-peft predict` on a folder of the real validation slices, prompted with the evaluation's boxes: its
+    masks are the evaluation's masks and score the evaluation's Dice (metrics.json)."""
+    import shutil
+
+    from medsam_peft.cli import main as cli_main
+
+    out, _ = demo_run
+    if not (out / "run" / "eval" / "metrics.json").is_file():
+        _run_bundle(["bundles/conv_lora_demo.json", "configs/evaluate.json"], _tiny(out))
+    items = load_decathlon_datalist(out / "data" / "datalist.json", data_list_key="validation", base_dir=out / "data")
+    folder, boxes = tmp_path / "slices", {}
+    folder.mkdir()
+    for item in items:  # one input per (slice, structure): several structures share a slice image
+        name = Path(item["label"]).name
+        shutil.copy(item["image"], folder / name)
+        boxes[name] = _evaluation_boxes_in_image_pixels(item, 128)
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    torch.manual_seed(0)  # the random tiny base as the evaluation process drew it (set_determinism(seed=0))
+    assert cli_main(["predict", "--adapter", str(out / "run"), "--input", str(folder), "--boxes",
+                     str(tmp_path / "boxes.json"), "--output", str(tmp_path / "masks"), "--quiet"]) == 0
+    summary = json.loads((tmp_path / "masks" / "predictions.json").read_text())
+    assert summary["adapter"].endswith("adapter_best.safetensors") and len(summary["predictions"]) == len(items)
+    dices = []
+    for item in items:
+        stem = Path(item["label"]).name.split(".")[0]
+        pred = np.asarray(Image.open(tmp_path / "masks" / f"{stem}_pred.png")) > 127
+        evaluated = np.asarray(Image.open(out / "run" / "eval" / "predictions" / f"{stem}_pred.png")) > 127
+        truth = np.asarray(Image.open(item["label"])) > 127
+        assert pred.shape == truth.shape and (pred != evaluated).mean() < 1e-3, stem
+        dices.append(2 * np.logical_and(pred, truth).sum() / (pred.sum() + truth.sum()))
+    evaluation = json.loads((out / "run" / "eval" / "metrics.json").read_text())["metrics"]["val_mean_dice"]
+    assert float(np.mean(dices)) == pytest.approx(evaluation, abs=1e-3)
+
+
+def test_predict_segments_a_volume_over_the_roi_slices(demo_run, tmp_path, capsys) -> None:
+    """A NIfTI volume with a 3D Slicer ROI: a NIfTI mask on the input's grid, foreground only inside the ROI's
+    slices, each slice the mask the 2-D path gives that slice."""
+    import nibabel as nib
+
+    from medsam_peft.cli import main as cli_main
+    from medsam_peft.data.volumes import slice_to_image, to_uint8
+    from medsam_peft.label.predictor import BundlePredictor, Prompts
+
+    out, _ = demo_run
+    rng = np.random.default_rng(0)
+    volume = np.zeros((40, 48, 6), np.float32)
+    volume[10:30, 12:36, :] = 200 + rng.normal(0, 5, (20, 24, 6))
+    affine = np.diag([0.9, 0.9, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(volume, affine), str(tmp_path / "blob.nii.gz"))
+    (tmp_path / "boxes.json").write_text(json.dumps({"blob.nii.gz": [8, 32, 10, 38, 2, 3]}))
+    torch.manual_seed(0)  # in this process: the random tiny base drawn again below
+    assert cli_main(["predict", "--adapter", str(out / "run"), "--input", str(tmp_path / "blob.nii.gz"), "--boxes",
+                     str(tmp_path / "boxes.json"), "--output", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr()
+    assert "wrote 1 masks to" in printed.out and "predict: 100%" in printed.err  # the progress bar
+    written = nib.load(str(tmp_path / "out" / "blob_pred.nii.gz"))
+    mask = np.asarray(written.dataobj)
+    assert mask.shape == volume.shape and np.allclose(written.affine, affine)
+    assert not mask[:, :, [0, 1, 4, 5]].any()  # propagation stays within the roi's k range 2..3
+    summary = json.loads((tmp_path / "out" / "predictions.json").read_text())["predictions"][0]
+    assert summary["foreground"] == int(mask.sum()) and summary["shape"] == [40, 48, 6]
+    torch.manual_seed(0)
+    predictor = BundlePredictor.from_run(out / "run", out / "run" / "checkpoints" / "adapter_best.safetensors")
+    scaled = to_uint8(volume).astype(np.float32) / 255.0
+    for k in (2, 3):  # the roi [i0, i1, j0, j1] as the image box: columns = i, rows = (J - 1) - j
+        expected, _ = predictor.predict_image(slice_to_image(scaled[:, :, k]), Prompts([8, 47 - 38, 32, 47 - 10], [], []))
+        assert (slice_to_image(mask[:, :, k]) != expected).mean() < 1e-3
+
+
+@pytest.mark.parametrize(("args", "fragments"), [
+    (["--prompt-free"], ["trained with box prompts", "give --boxes"]),
+    ([], ["trained with box prompts", "give --boxes FILE"]),
+    (["--boxes", "{missing}"], ["--boxes", "does not exist"]),
+    (["--boxes", "{notjson}"], ["is not valid JSON"]),
+    (["--boxes", "{other}"], ["names ['other.png'], not among the inputs"]),
+    (["--boxes", "{badbox}"], ["roi [5, 5, 2, 2] has zero or negative area"]),
+])
+def test_predict_refuses_bad_prompts_in_one_line(demo_run, tmp_path, args, fragments) -> None:
+    out, _ = demo_run
+    item = load_decathlon_datalist(out / "data" / "datalist.json", data_list_key="validation", base_dir=out / "data")[0]
+    files = {"missing": tmp_path / "nothing.json", "notjson": tmp_path / "bad.json", "other": tmp_path / "other.json",
+             "badbox": tmp_path / "badbox.json"}
+    files["notjson"].write_text("{slice.png: [1, 2")
+    files["other"].write_text(json.dumps({"other.png": [1, 2, 3, 4]}))
+    files["badbox"].write_text(json.dumps({"slice.png": [5, 5, 2, 2]}))
+    (tmp_path / "in").mkdir()
+    Image.open(item["image"]).save(tmp_path / "in" / "slice.png")
+    args = [a.format(**files) for a in args]
+    done = subprocess.run([sys.executable, "-m", "medsam_peft.cli", "predict", "--adapter", str(out / "run"), "--input",
+                           str(tmp_path / "in"), "--output", str(tmp_path / "out"), *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    lines = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert done.returncode in (1, 2) and "Traceback" not in done.stderr and len(lines) == 1, done.stderr[-2000:]
+    assert all(f in lines[0] for f in fragments), lines[0]
