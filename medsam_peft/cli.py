@@ -99,6 +99,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from medsam_peft.graph_export import export_graphs
+
+    summary = export_graphs(args.adapter, args.output, formats=tuple(args.format), merge=args.merge,
+                            checkpoint=args.checkpoint, example=args.example, box=args.box, atol=args.atol)
+    state = "merged into the base weights" if summary["merged"] else "unmerged"
+    print(f"{summary['tuner']} on {summary['backbone']} ({state}), inputs "
+          + ", ".join(f"{k} {v}" for k, v in summary["inputs"].items()) + f" -> masks {summary['outputs']['masks']}")
+    for name, check in summary["checks"].items():
+        print(f"  {name}: {args.output.rstrip('/')}/{check['file']} ({check['bytes'] / 2**20:.1f} MiB), max |graph - "
+              f"eager| {check['max_abs_diff']:.2e}, mask agreement {100 * check['mask_agreement']:.3f}%")
+    return 0
+
+
 @functools.lru_cache(maxsize=None)
 def _mergeable(backbone: str, tuner: str) -> bool:
     from medsam_peft.tuners import build_tuned_sam
@@ -227,6 +241,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--checkpoint", default=None, help="base SAM weights (default: the run's or bundle's)")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(func=cmd_predict)
+
+    graph = sub.add_parser("export", help="TorchScript / ONNX graph of a tuned model, checked against the eager model")
+    graph.add_argument("--adapter", required=True,
+                       help="training run folder, exported bundle folder, or an adapter file inside one")
+    graph.add_argument("--output", required=True, help="folder for model.ts / model.onnx and export.json")
+    graph.add_argument("--format", nargs="+", default=["torchscript", "onnx"], choices=["torchscript", "onnx"])
+    graph.add_argument("--merge", default="auto", choices=["auto", "yes", "no"],
+                       help="fold mergeable adapters (LoRA, SAM-PARSER, ...) into the base weights (auto: when possible)")
+    graph.add_argument("--checkpoint", default=None, help="base SAM weights (default: the run's or bundle's)")
+    graph.add_argument("--example", default=None, help="image the exports are checked on (default: a random image)")
+    graph.add_argument("--box", nargs=4, type=float, default=None, metavar=("X0", "Y0", "X1", "Y1"),
+                       help="check box in the example's pixels (default: its middle half)")
+    graph.add_argument("--atol", type=float, default=1e-4, help="largest accepted |graph - eager| logit difference")
+    graph.set_defaults(func=cmd_export)
     return parser
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from medsam_peft.errors import ConfigError
 from medsam_peft.models.embedding_cache import TrunkEmbeddingCache, vit_neck, vit_trunk
+from medsam_peft.utils.graph_capture import graph_capture
 
 # SAM's pixel statistics are given on the 0-255 scale; our inputs are in [0, 1].
 _IMAGENET_MEAN = (123.675 / 255.0, 116.28 / 255.0, 103.53 / 255.0)
@@ -134,8 +135,9 @@ class PromptableSam(nn.Module):
         box = None
         if boxes is not None:
             box = boxes[index].reshape(-1, 4).to(torch.float32)
-            box = box[torch.isfinite(box).all(dim=1)]
-            box = box if box.shape[0] else None
+            if not graph_capture():  # an exported graph takes finite boxes: no data-dependent row filter
+                box = box[torch.isfinite(box).all(dim=1)]
+                box = box if box.shape[0] else None
         point_prompt = None
         if points is not None:
             if point_labels is None:

@@ -1,0 +1,14 @@
+"""Whether a tracer is recording the forward pass: code with data-dependent Python control flow takes a
+shape-static path then, so that the recorded graph holds for every input."""
+
+from __future__ import annotations
+
+import torch
+
+
+def graph_capture() -> bool:
+    """True while ``torch.jit.trace``, an ONNX export or ``torch.export`` / ``torch.compile`` records the forward."""
+    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling())
+
+
+__all__ = ["graph_capture"]
