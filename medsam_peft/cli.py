@@ -113,6 +113,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_log_model(args: argparse.Namespace) -> int:
+    from medsam_peft.mlflow_model import log_tuned_model
+
+    logged = log_tuned_model(args.source, tracking_uri=args.tracking_uri, registered_name=args.register,
+                             run_id=args.run_id, label=args.label)
+    registered = f"; registered as {args.register!r} version {logged['version']}" if args.register else ""
+    print(f"logged MLflow model {logged['model_uri']} in run {logged['run_id']} ({logged['tracking_uri']}){registered}")
+    return 0
+
+
 @functools.lru_cache(maxsize=None)
 def _mergeable(backbone: str, tuner: str) -> bool:
     from medsam_peft.tuners import build_tuned_sam
@@ -255,6 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="check box in the example's pixels (default: its middle half)")
     graph.add_argument("--atol", type=float, default=1e-4, help="largest accepted |graph - eager| logit difference")
     graph.set_defaults(func=cmd_export)
+
+    log_model = sub.add_parser("log-model", help="log a tuned model as an MLflow pyfunc (image + box -> mask)")
+    log_model.add_argument("source", help="training run folder (logged into its own MLflow run) or exported bundle")
+    log_model.add_argument("--tracking-uri", default=None, help="default: the run folder's sqlite:///.../mlruns.db")
+    log_model.add_argument("--register", default=None, metavar="NAME", help="also register it under this name")
+    log_model.add_argument("--run-id", default=None, help="log into this MLflow run (default: the training run)")
+    log_model.add_argument("--label", default="foreground", help="name of the segmented structure")
+    log_model.set_defaults(func=cmd_log_model)
     return parser
 
 

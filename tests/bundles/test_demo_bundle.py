@@ -358,3 +358,36 @@ def test_predict_refuses_bad_prompts_in_one_line(demo_run, tmp_path, args, fragm
     lines = [line for line in done.stderr.splitlines() if "error:" in line]
     assert done.returncode in (1, 2) and "Traceback" not in done.stderr and len(lines) == 1, done.stderr[-2000:]
     assert all(f in lines[0] for f in fragments), lines[0]
+
+
+def test_log_model_registers_a_pyfunc_that_predicts_the_evaluations_masks(demo_run, capsys) -> None:
+    """`medsam-peft log-model RUN --register NAME`: a pyfunc in the training run's MLflow run, loaded back from the
+    registry, answers a path row and a base64 row with the masks configs/evaluate.json wrote."""
+    import base64
+
+    from medsam_peft.cli import main as cli_main
+    from medsam_peft.mlflow_model import decode_mask
+
+    out, _ = demo_run
+    if not (out / "run" / "eval" / "metrics.json").is_file():
+        _run_bundle(["bundles/conv_lora_demo.json", "configs/evaluate.json"], _tiny(out))
+    assert cli_main(["log-model", str(out / "run"), "--register", "demo_conv_lora"]) == 0
+    assert "registered as 'demo_conv_lora' version 1" in capsys.readouterr().out
+    mlflow.set_tracking_uri("sqlite:///" + str(out / "run" / "mlruns.db"))
+    training_run = mlflow.search_runs(experiment_names=["demo_test"]).loc[0, "run_id"]
+    version = mlflow.MlflowClient().get_model_version("demo_conv_lora", "1")
+    assert version.run_id == training_run  # logged into the training run, not a new one
+    torch.manual_seed(0)  # the random tiny base as the evaluation process drew it
+    model = mlflow.pyfunc.load_model("models:/demo_conv_lora/1")
+    items = load_decathlon_datalist(out / "data" / "datalist.json", data_list_key="validation", base_dir=out / "data")[:2]
+    rows = [{"image": items[0]["image"], "box": _evaluation_boxes_in_image_pixels(items[0], 128)},
+            {"image": base64.b64encode(Path(items[1]["image"]).read_bytes()).decode(),
+             "box": _evaluation_boxes_in_image_pixels(items[1], 128)}]
+    import pandas as pd
+
+    answer = model.predict(pd.DataFrame(rows))
+    for item, (_, row) in zip(items, answer.iterrows()):
+        mask = decode_mask(row["mask"])
+        stem = Path(item["label"]).name.split(".")[0]
+        evaluated = np.asarray(Image.open(out / "run" / "eval" / "predictions" / f"{stem}_pred.png")) > 127
+        assert mask.shape == evaluated.shape and (mask != evaluated).mean() < 1e-3 and row["pixels"] == mask.sum()
