@@ -123,6 +123,23 @@ def cmd_log_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_push(args: argparse.Namespace) -> int:
+    from medsam_peft.hub import push
+
+    pushed = push(args.source, args.repo_id, hub=args.hub, token=args.token, private=args.private, label=args.label)
+    print(f"pushed {len(pushed['files'])} files to {pushed['repo']}: {', '.join(pushed['files'])}")
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from medsam_peft.hub import pull
+
+    pulled = pull(args.repo_id, args.out_dir, hub=args.hub, revision=args.revision, token=args.token)
+    print(f"pulled {args.repo_id} into {pulled['dir']} ({len(pulled['files'])} files, adapter checksum verified); "
+          f"use it with: medsam-peft predict --adapter {pulled['dir']} ...")
+    return 0
+
+
 @functools.lru_cache(maxsize=None)
 def _mergeable(backbone: str, tuner: str) -> bool:
     from medsam_peft.tuners import build_tuned_sam
@@ -273,6 +290,24 @@ def build_parser() -> argparse.ArgumentParser:
     log_model.add_argument("--run-id", default=None, help="log into this MLflow run (default: the training run)")
     log_model.add_argument("--label", default="foreground", help="name of the segmented structure")
     log_model.set_defaults(func=cmd_log_model)
+
+    hub_help = "Hub endpoint (default: $HF_ENDPOINT or https://huggingface.co) or a file:// mirror folder"
+    push = sub.add_parser("push", help="publish a run or exported bundle as a Hugging Face Hub repository")
+    push.add_argument("source", help="training run folder or exported bundle folder")
+    push.add_argument("repo_id", help="OWNER/NAME")
+    push.add_argument("--hub", default=None, help=hub_help)
+    push.add_argument("--token", default=None, help="Hub token (default: huggingface_hub's login / $HF_TOKEN)")
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--label", default="foreground", help="name of the segmented structure")
+    push.set_defaults(func=cmd_push)
+
+    pull = sub.add_parser("pull", help="download a model repository into a bundle folder (checksum verified)")
+    pull.add_argument("repo_id", help="OWNER/NAME")
+    pull.add_argument("out_dir", help="new folder")
+    pull.add_argument("--hub", default=None, help=hub_help)
+    pull.add_argument("--revision", default=None)
+    pull.add_argument("--token", default=None)
+    pull.set_defaults(func=cmd_pull)
     return parser
 
 

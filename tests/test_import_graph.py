@@ -20,7 +20,7 @@ LAYERS = [
     {"tuners"},
     {"data"},
     {"engines"},
-    {"export", "graph_export", "label", "mlflow_model", "predict"},
+    {"export", "graph_export", "hub", "label", "mlflow_model", "predict"},
     {"benchmark", "cli"},
 ]
 __doc__ += "\n".join(f"    {i}: {', '.join(sorted(names))}" for i, names in enumerate(LAYERS)) + (

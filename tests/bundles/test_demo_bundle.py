@@ -391,3 +391,77 @@ def test_log_model_registers_a_pyfunc_that_predicts_the_evaluations_masks(demo_r
         stem = Path(item["label"]).name.split(".")[0]
         evaluated = np.asarray(Image.open(out / "run" / "eval" / "predictions" / f"{stem}_pred.png")) > 127
         assert mask.shape == evaluated.shape and (mask != evaluated).mean() < 1e-3 and row["pixels"] == mask.sum()
+
+
+def test_push_and_pull_through_a_file_mirror_and_a_local_hub(demo_run, tmp_path, capsys, monkeypatch) -> None:
+    """`medsam-peft push RUN OWNER/NAME` then `pull`: through a file:// mirror and through huggingface_hub against a
+    Hub look-alike on 127.0.0.1. The pulled folder is a bundle: card, config.json, the adapter byte for byte, and
+    `predict` on it gives the evaluation's mask. A download whose adapter bytes changed is refused."""
+    import yaml
+
+    from medsam_peft.cli import main as cli_main
+    from tests.hub_server import start_hub
+
+    out, _ = demo_run
+    if not (out / "run" / "eval" / "metrics.json").is_file():
+        _run_bundle(["bundles/conv_lora_demo.json", "configs/evaluate.json"], _tiny(out))
+    from medsam_peft.tuners import read_adapter
+
+    best = read_adapter(out / "run" / "checkpoints" / "adapter_best.safetensors")
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    assert cli_main(["push", str(out / "run"), "lab/demo", "--hub", mirror.as_uri(), "--label", "thalamus"]) == 0
+    assert cli_main(["push", str(out / "run"), "lab/demo", "--hub", mirror.as_uri()]) == 0  # a new version replaces it
+    assert sorted(p.name for p in (mirror / "lab").iterdir()) == ["demo"]  # no staging folders left
+    assert cli_main(["pull", "lab/demo", str(tmp_path / "from_mirror"), "--hub", mirror.as_uri()]) == 0
+    mirrored = read_adapter(tmp_path / "from_mirror" / "models" / "model.safetensors")
+    assert mirrored["metadata"] == best["metadata"]
+    assert mirrored["state_dict"].keys() == best["state_dict"].keys()
+    assert all(torch.equal(mirrored["state_dict"][k], v) for k, v in best["state_dict"].items())
+    card = (tmp_path / "from_mirror" / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["library_name"] == "medsam_peft" and "conv_lora" in front["tags"] and "val_mean_dice" in front["metrics"]
+    config = json.loads((tmp_path / "from_mirror" / "config.json").read_text())
+    assert config["backbone"] == "vit_tiny" and config["image_size"] == 128 and config["prompt"] == "box"
+
+    server, hub, url = start_hub()
+    try:
+        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # huggingface_hub's own cache stays in the test
+        assert cli_main(["push", str(out / "run"), "lab/demo", "--hub", url, "--token", "hf_test"]) == 0
+        assert hub.requests[:4] == ["POST /api/repos/create", "POST /api/validate-yaml",
+                                    "POST /api/models/lab/demo/preupload/main", "POST /api/models/lab/demo/commit/main"]
+        assert hub.cards[0].startswith("---\nlibrary_name: medsam_peft\n")  # the card the Hub validated
+        assert cli_main(["pull", "lab/demo", str(tmp_path / "from_hub"), "--hub", url]) == 0
+        assert "adapter checksum verified" in capsys.readouterr().out
+        pulled = tmp_path / "from_hub"
+        from_hub = read_adapter(pulled / "models" / "model.safetensors")
+        assert from_hub["metadata"] == best["metadata"]
+        assert all(torch.equal(from_hub["state_dict"][k], v) for k, v in best["state_dict"].items())
+        # the pulled repository serves as it is: predict on one validation slice with the evaluation's box
+        item = load_decathlon_datalist(out / "data" / "datalist.json", data_list_key="validation",
+                                       base_dir=out / "data")[0]
+        name = Path(item["label"]).name
+        (tmp_path / "one").mkdir()
+        Image.open(item["image"]).save(tmp_path / "one" / name)
+        (tmp_path / "boxes.json").write_text(json.dumps({name: _evaluation_boxes_in_image_pixels(item, 128)}))
+        torch.manual_seed(0)
+        assert cli_main(["predict", "--adapter", str(pulled), "--input", str(tmp_path / "one"), "--boxes",
+                         str(tmp_path / "boxes.json"), "--output", str(tmp_path / "masks"), "--quiet"]) == 0
+        stem = name.split(".")[0]
+        pred = np.asarray(Image.open(tmp_path / "masks" / f"{stem}_pred.png")) > 127
+        evaluated = np.asarray(Image.open(out / "run" / "eval" / "predictions" / f"{stem}_pred.png")) > 127
+        assert (pred != evaluated).mean() < 1e-3
+        # a damaged copy on the server: one byte of the tensors changed (same size, same header)
+        sha, files = hub.head("lab/demo")
+        damaged = bytearray(files["models/model.safetensors"])
+        damaged[-5] ^= 0x01
+        hub.repos["lab/demo"].append(("f" * 40, {**files, "models/model.safetensors": bytes(damaged)}))
+        capsys.readouterr()
+        assert cli_main(["pull", "lab/demo", str(tmp_path / "damaged"), "--hub", url]) == 1
+        err = capsys.readouterr().err
+        assert err.count("error:") == 1 and "model.safetensors is corrupt" in err
+    finally:
+        server.shutdown()
+    assert cli_main(["pull", "../etc", str(tmp_path / "x"), "--hub", mirror.as_uri()]) == 2
+    assert cli_main(["pull", "lab/demo", str(tmp_path / "from_mirror"), "--hub", mirror.as_uri()]) == 2  # not empty
