@@ -88,6 +88,45 @@ def inference_config(run: dict[str, Any], image_size: int) -> dict[str, Any]:
     }
 
 
+def evaluate_config(run: dict[str, Any], image_size: int) -> dict[str, Any]:
+    """The exported ``configs/evaluate.json``: a MONAI datalist of {image, label} -> Dice/IoU at each image's original
+    size and the predicted masks, the steps of medsam_peft's ``configs/evaluate.json`` (boxes from the masks, no
+    jitter, for box-prompted models)."""
+    config = inference_config(run, image_size)
+    boxed = config["prompt"] in ("box", "interactive")
+    chain = f"medsam_peft.transforms.sam_preprocessing(@image_size, @squash, 'binary', {run.get('mask_threshold')!r})"
+    metric = {"include_background": True, "output_transform": "$monai.handlers.from_engine(['pred', 'label'])"}
+    config.update({
+        "_desc_": "Evaluation of the tuned SAM in models/model.safetensors: python -m monai.bundle run --config_file "
+                  "configs/evaluate.json --bundle_root . --datalist datalist.json [--eval_split validation] "
+                  "(MONAI's datalist format {\"validation\": [{\"image\": path, \"label\": mask}, ...]}, paths "
+                  "relative to its folder)" + ("; each image is prompted with the box around its mask" if boxed else "")
+                  + ". Scores at each image's original size; masks and metrics.json go to <output_dir>.",
+        "eval_split": "validation",
+        "preprocessing": {"_target_": "Compose", "transforms": f"${chain}[:2] + [monai.transforms.CopyItemsd('label', "
+                          f"names='label_original')] + {chain}[2:]" + (
+                              " + [medsam_peft.transforms.RandBoxFromMaskd('label', 'box', max_jitter=0)]" if boxed else "")},
+        "dataset": {"_target_": "Dataset", "data": "$medsam_peft.data.load_datalist(@datalist, @eval_split, "
+                    "os.path.dirname(os.path.abspath(@datalist)))", "transform": "@preprocessing"},
+        "postprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
+            {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
+             "nearest_interp": False},
+            {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5},
+            {"_target_": "DeleteItemsd", "keys": "label"},
+            {"_target_": "CopyItemsd", "keys": "label_original", "names": "label"},
+            {"_target_": "medsam_peft.transforms.SaveMaskd", "keys": "pred", "name_key": "label",
+             "output_dir": "$os.path.join(@output_dir, 'predictions')"}]},
+    })
+    config["evaluator"] = {**config["evaluator"],
+                           "key_val_metric": {"val_mean_dice": {"_target_": "MeanDice", **metric}},
+                           "additional_metrics": {"val_mean_iou": {"_target_": "MeanIoUHandler", **metric}}}
+    config["initialize"] = ["$monai.utils.set_determinism(seed=0)"]
+    config["run"] = ["$@evaluator.run()", "$medsam_peft.engines.write_metrics(@evaluator, "
+                     "os.path.join(@output_dir, 'metrics.json'), @eval_split)"]
+    return config
+
+
 ADAPTER_CANDIDATES = ("checkpoints/adapter_best.safetensors", "adapter_final.safetensors",
                       "checkpoints/adapter_best.pt", "adapter_final.pt")  # .pt: runs from before safetensors
 
@@ -243,6 +282,7 @@ def export_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, adapte
     }
     (out_dir / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2))
     (out_dir / "configs" / "inference.json").write_text(json.dumps(inference_config(run, image_size), indent=2))
+    (out_dir / "configs" / "evaluate.json").write_text(json.dumps(evaluate_config(run, image_size), indent=2))
     # the run's settings, for whoever retrains (the training chain itself lives in medsam_peft's configs/)
     (out_dir / "configs" / "train.json").write_text(json.dumps(
         {"_desc_": "Settings of the training run this bundle was exported from (run_config.json); pass them as "

@@ -157,7 +157,8 @@ def test_export_bundle_is_valid_and_runs_anywhere(demo_run, tmp_path) -> None:
     bundle = tmp_path / "exported"
     assert cli_main(["export-bundle", str(out / "run"), str(bundle), "--label", "thalamus"]) == 0
     assert {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()} == {
-        "configs/metadata.json", "configs/inference.json", "configs/train.json", "models/model.safetensors",
+        "configs/metadata.json", "configs/inference.json", "configs/evaluate.json", "configs/train.json",
+        "models/model.safetensors",
         "models/model.pt", "docs/README.md", "docs/metrics.json", "LICENSE"}  # random-init base: no large_files.yml
     best = read_adapter(out / "run" / "checkpoints" / "adapter_best.safetensors")
     exported = read_adapter(bundle / "models" / "model.safetensors")
@@ -210,6 +211,16 @@ def test_export_bundle_is_valid_and_runs_anywhere(demo_run, tmp_path) -> None:
                            str(tmp_path / "masks"), "--precision", "float32"],
                           capture_output=True, text=True, cwd=bundle, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    # the bundle's own evaluation on the run's validation split reproduces the run's metrics.json
+    done = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/evaluate.json",
+                           "--bundle_root", ".", "--datalist", str(out / "data" / "datalist.json"), "--output_dir",
+                           str(tmp_path / "bundle_eval")], capture_output=True, text=True, cwd=bundle, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reproduced = json.loads((tmp_path / "bundle_eval" / "metrics.json").read_text())["metrics"]
+    assert reproduced.keys() == run_metrics.keys()
+    for key, value in run_metrics.items():
+        assert reproduced[key] == pytest.approx(value, abs=1e-4), key
     truth = np.asarray(Image.open(item["label"])) > 127
     mask = np.asarray(Image.open(tmp_path / "masks" / "q_pred.png")) > 127
     torch.manual_seed(0)  # the random tiny base as the inference run draws it (set_determinism(seed=0) first)
