@@ -86,3 +86,24 @@ def test_merge_yes_on_conv_lora_is_refused_in_one_line(tmp_path, capsys) -> None
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "cannot be folded into the base weights" in err
     assert not (tmp_path / "g").exists()
+
+
+def test_prompt_free_model_exports_an_image_only_graph(tmp_path, capsys) -> None:
+    """A prompt-free run (Conv-LoRA's mode) exports ``image -> masks``; each graph reproduces the eager model on the
+    check image and its mirror (export.json), and the ONNX graph has exactly one input."""
+    torch.manual_seed(0)
+    model = build_tuned_sam("vit_tiny", None, "lora", image_size=128, device="cpu").eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.requires_grad and "lora" in name:
+                param.add_(0.05 * torch.randn_like(param))
+    run = tmp_path / "run"
+    save_adapter(model, run / "adapter_final.safetensors")
+    (run / "run_config.json").write_text(json.dumps({"backbone": "vit_tiny", "checkpoint": "", "image_size": 128,
+                                                     "prompt": "none"}))
+    assert cli_main(["export", "--adapter", str(run / "adapter_final.safetensors"), "--output", str(tmp_path / "g")]) == 0
+    summary = json.loads((tmp_path / "g" / "export.json").read_text())
+    assert summary["inputs"] == {"image": [1, 3, 128, 128]} and summary["merged"] is True
+    assert all(check["max_abs_diff"] < 1e-4 for check in summary["checks"].values()), summary["checks"]
+    graph = onnx.load(str(tmp_path / "g" / "model.onnx")).graph
+    assert [i.name for i in graph.input] == ["image"] and [o.name for o in graph.output] == ["masks"]
