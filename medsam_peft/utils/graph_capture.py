@@ -11,4 +11,10 @@ def graph_capture() -> bool:
     return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling())
 
 
-__all__ = ["graph_capture"]
+def exporting() -> bool:
+    """True while a graph is recorded for export (``torch.jit.trace``, ONNX, ``torch.export``), not for
+    ``torch.compile``: training state a module keeps between calls (a balance loss) has no place in an export."""
+    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting())
+
+
+__all__ = ["exporting", "graph_capture"]

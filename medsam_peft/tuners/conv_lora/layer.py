@@ -10,7 +10,7 @@ from medsam_peft.tuners.base import BaseTunerLayer
 from medsam_peft.tuners.conv_lora.moe import NoisyTopOneGate, ScaleConvExpert, cv_squared
 from medsam_peft.tuners.lora.layer import low_rank_factors
 from medsam_peft.utils.distributed import global_batch_sum
-from medsam_peft.utils.graph_capture import graph_capture
+from medsam_peft.utils.graph_capture import exporting, graph_capture
 
 
 class ConvLoraLinear(nn.Module, BaseTunerLayer):
@@ -71,15 +71,15 @@ class ConvLoraLinear(nn.Module, BaseTunerLayer):
             # Under DDP the balance is over the global batch, as in one process: every rank runs the same training
             # steps (even shards), so these forward collectives pair up; evaluation (uneven shards) never runs them.
             importance, load = global_batch_sum(importance), global_batch_sum(load)
+        if not exporting():  # the balance loss and routing record are training state, not part of an exported graph
+            self._aux_loss = self.aux_loss_coef * (cv_squared(importance) + cv_squared(load))
+            self.last_expert_index = index.detach()
         if graph_capture():
             # TorchScript tracing / ONNX / torch.export record no Python control flow: every expert runs and the
             # gate's index picks each sample's output (the same values; the eager loop only skips idle experts).
-            # The balance loss and routing record are training state a graph has no use for: not stored.
             stacked = torch.stack([expert(grid) for expert in self.conv_lora_experts], dim=1)
             picked = index.view(-1, 1, 1, 1, 1).expand(-1, 1, *stacked.shape[2:])
             return stacked.gather(1, picked).squeeze(1)
-        self._aux_loss = self.aux_loss_coef * (cv_squared(importance) + cv_squared(load))
-        self.last_expert_index = index.detach()
         out = torch.zeros_like(grid)
         for expert_id in index.unique().tolist():
             chosen = (index == expert_id).nonzero(as_tuple=True)[0]
