@@ -5,8 +5,9 @@ The MLflow model holds the exported bundle (``medsam-peft export-bundle``: adapt
 artifact; ``load_context`` serves it through ``BundlePredictor``, the same code path as ``medsam-peft predict`` and the
 MONAI Label server, so a mask from ``mlflow.pyfunc.load_model(uri).predict(...)`` is the mask ``predict`` writes.
 
-Input: a pandas DataFrame (or list of dicts) with ``image`` — a file path or the base64 of an image file's bytes (PNG,
-JPEG, TIFF: what a REST client sends to ``mlflow models serve``) — and, for box-prompted models, ``box``
+Input: a pandas DataFrame (or list of dicts) with ``image`` — the base64 of an image file's bytes (PNG, JPEG, TIFF: what
+a REST client sends to ``mlflow models serve``), or a file path inside the folders listed in
+``$MEDSAM_PEFT_PYFUNC_IMAGE_DIRS`` (unset: no path is read) — and, for box-prompted models, ``box``
 ``[x0, y0, x1, y1]`` in the image's pixels. Output: a DataFrame with ``mask`` (base64 PNG, {0, 255}, the image's size)
 and ``pixels`` (foreground count).
 """
@@ -78,16 +79,35 @@ class TunedSamModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame([predict_row(self.predictor, row, i) for i, row in enumerate(rows)])
 
 
+# Folders whose files a row may name by path (os.pathsep-separated). Unset, only base64 images are read: a model
+# served over HTTP (`mlflow models serve`) must not open whatever path a caller sends.
+IMAGE_DIRS_ENV = "MEDSAM_PEFT_PYFUNC_IMAGE_DIRS"
+
+
+def _readable_path(value: str) -> Path | None:
+    """``value`` as a file inside one of the folders of ``IMAGE_DIRS_ENV`` (symlinks resolved), else None."""
+    roots = [Path(r).resolve() for r in os.environ.get(IMAGE_DIRS_ENV, "").split(os.pathsep) if r]
+    if not roots or len(value) >= 4096:
+        return None
+    try:
+        path = Path(value).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
+    return path if path.is_file() and any(path.is_relative_to(root) for root in roots) else None
+
+
 def _image_file(value: Any, index: int, folder: Path) -> Path:
-    """A row's ``image``: an existing path, else base64 image bytes written to a temporary file."""
+    """A row's ``image``: base64 image bytes written to a temporary file, or a path inside ``IMAGE_DIRS_ENV``."""
     if not isinstance(value, str) or not value:
-        raise DataError(f"row {index}: 'image' must be a file path or base64-encoded image bytes")
-    if len(value) < 4096 and Path(value).is_file():
-        return Path(value)
+        raise DataError(f"row {index}: 'image' must be base64-encoded image bytes (or a path, see {IMAGE_DIRS_ENV})")
+    readable = _readable_path(value)
+    if readable is not None:
+        return readable
     try:
         data = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as err:
-        raise DataError(f"row {index}: 'image' is neither an existing file nor base64 image bytes") from err
+        raise DataError(f"row {index}: 'image' is not base64 image bytes; paths are read only inside the folders "
+                        f"listed in {IMAGE_DIRS_ENV}") from err
     path = folder / f"row{index}.img"
     path.write_bytes(data)
     return path

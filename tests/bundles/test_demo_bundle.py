@@ -379,9 +379,10 @@ def test_predict_refuses_bad_prompts_in_one_line(demo_run, tmp_path, capsys, arg
     assert all(f in lines[0] for f in fragments), lines[0]
 
 
-def test_log_model_registers_a_pyfunc_that_predicts_the_evaluations_masks(demo_run, capsys) -> None:
+def test_log_model_registers_a_pyfunc_that_predicts_the_evaluations_masks(demo_run, capsys, monkeypatch) -> None:
     """`medsam-peft log-model RUN --register NAME`: a pyfunc in the training run's MLflow run, loaded back from the
-    registry, answers a path row and a base64 row with the masks configs/evaluate.json wrote."""
+    registry, answers a path row (inside the allowed folder) and a base64 row with the masks configs/evaluate.json
+    wrote; a path outside the allowed folders is not read."""
     import base64
 
     from medsam_peft.cli import main as cli_main
@@ -404,6 +405,14 @@ def test_log_model_registers_a_pyfunc_that_predicts_the_evaluations_masks(demo_r
              "box": _evaluation_boxes_in_image_pixels(items[1], 128)}]
     import pandas as pd
 
+    from medsam_peft.errors import DataError
+    from medsam_peft.mlflow_model import IMAGE_DIRS_ENV
+
+    with pytest.raises(DataError, match="paths are read only inside the folders"):  # no folder allowed: no path read
+        model.predict(pd.DataFrame(rows[:1]))
+    monkeypatch.setenv(IMAGE_DIRS_ENV, str(out / "data" / "images"))
+    with pytest.raises(DataError, match="paths are read only inside"):  # outside the allowed folder
+        model.predict(pd.DataFrame([{**rows[0], "image": str(out / "run" / "run_config.json")}]))
     answer = model.predict(pd.DataFrame(rows))
     for item, (_, row) in zip(items, answer.iterrows()):
         mask = decode_mask(row["mask"])
