@@ -186,6 +186,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_model_source(parser: argparse.ArgumentParser) -> None:
+    """``--adapter`` / ``--checkpoint``: the tuned model of the commands that serve one (``predict.open_model``)."""
+    parser.add_argument("--adapter", required=True,
+                        help="training run folder, exported bundle folder, or an adapter file inside one")
+    parser.add_argument("--checkpoint", default=None, help="base SAM weights (default: the run's or bundle's)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medsam-peft", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -254,8 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=cmd_export_bundle)
 
     predict = sub.add_parser("predict", help="segment images or volumes with a tuned adapter, masks into a folder")
-    predict.add_argument("--adapter", required=True,
-                         help="training run folder, exported bundle folder, or an adapter file inside one")
+    _add_model_source(predict)
     predict.add_argument("--input", required=True,
                          help="an image (PNG/JPG/TIFF), a volume (NIfTI/MHA/NRRD, DICOM folder) or a folder of them")
     prompt = predict.add_mutually_exclusive_group()
@@ -265,18 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--prompt-free", action="store_true", help="the model was trained without prompts")
     predict.add_argument("--output", required=True, help="folder for <stem>_pred.png / <stem>_pred.nii.gz")
     predict.add_argument("--device", default="cpu")
-    predict.add_argument("--checkpoint", default=None, help="base SAM weights (default: the run's or bundle's)")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(func=cmd_predict)
 
     graph = sub.add_parser("export", help="TorchScript / ONNX graph of a tuned model, checked against the eager model")
-    graph.add_argument("--adapter", required=True,
-                       help="training run folder, exported bundle folder, or an adapter file inside one")
+    _add_model_source(graph)
     graph.add_argument("--output", required=True, help="folder for model.ts / model.onnx and export.json")
     graph.add_argument("--format", nargs="+", default=["torchscript", "onnx"], choices=["torchscript", "onnx"])
     graph.add_argument("--merge", default="auto", choices=["auto", "yes", "no"],
                        help="fold mergeable adapters (LoRA, SAM-PARSER, ...) into the base weights (auto: when possible)")
-    graph.add_argument("--checkpoint", default=None, help="base SAM weights (default: the run's or bundle's)")
     graph.add_argument("--example", default=None, help="image the exports are checked on (default: a random image)")
     graph.add_argument("--box", nargs=4, type=float, default=None, metavar=("X0", "Y0", "X1", "Y1"),
                        help="check box in the example's pixels (default: its middle half)")

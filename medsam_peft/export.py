@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from medsam_peft.data.catalog import dataset_modality
+from medsam_peft.errors import DataError
 from medsam_peft.tuners.adapter_io import BUNDLE_ADAPTER, read_adapter, write_bundle_adapter
 
 SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
@@ -125,6 +126,22 @@ def evaluate_config(run: dict[str, Any], image_size: int) -> dict[str, Any]:
     config["run"] = ["$@evaluator.run()", "$medsam_peft.engines.write_metrics(@evaluator, "
                      "os.path.join(@output_dir, 'metrics.json'), @eval_split)"]
     return config
+
+
+def model_folder_kind(folder: str | os.PathLike) -> str:
+    """``"bundle"`` for an exported bundle (a pulled Hub repository too: ``configs/inference.json``), ``"run"`` for a
+    training run's output folder (``run_config.json``); the commands that take either ask here.
+
+    Raises:
+        DataError: naming the folder when it is neither.
+    """
+    folder = Path(folder)
+    if (folder / "configs" / "inference.json").is_file():
+        return "bundle"
+    if (folder / "run_config.json").is_file():
+        return "run"
+    raise DataError(f"{folder} is neither a training run folder (run_config.json) nor an exported bundle "
+                    "(configs/inference.json)")
 
 
 ADAPTER_CANDIDATES = ("checkpoints/adapter_best.safetensors", "adapter_final.safetensors",

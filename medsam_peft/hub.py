@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from medsam_peft.errors import ConfigError, DataError, MedsamPeftError, MissingFileError
-from medsam_peft.export import export_bundle
+from medsam_peft.export import export_bundle, model_folder_kind
 from medsam_peft.tuners.adapter_io import BUNDLE_ADAPTER, read_adapter
 from medsam_peft.version import __version__
 
@@ -72,12 +72,10 @@ def hub_config(bundle: Path) -> dict[str, Any]:
 
 def stage_repository(source: Path, folder: Path, label: str) -> Path:
     """The repository's files in ``folder``: a run is exported to a bundle first; a bundle is copied."""
-    if (source / "run_config.json").is_file():
+    if model_folder_kind(source) == "run":
         export_bundle(source, folder, label_name=label)
-    elif (source / "configs" / "metadata.json").is_file():
-        shutil.copytree(source, folder, ignore=shutil.ignore_patterns(".*", "__pycache__", "eval"))
     else:
-        raise DataError(f"{source} is neither a training run folder (run_config.json) nor an exported bundle")
+        shutil.copytree(source, folder, ignore=shutil.ignore_patterns(".*", "__pycache__", "eval"))
     read_adapter(folder / BUNDLE_ADAPTER)  # refuse to publish a damaged adapter
     (folder / "README.md").write_text(model_card(folder))
     (folder / "config.json").write_text(json.dumps(hub_config(folder), indent=2))

@@ -34,7 +34,7 @@ from mlflow.types.schema import Array
 
 from medsam_peft.engines.handlers.mlflow_handler import OUTPUT_DIR_TAG
 from medsam_peft.errors import ConfigError, DataError, MissingFileError
-from medsam_peft.export import export_bundle
+from medsam_peft.export import export_bundle, model_folder_kind
 from medsam_peft.label.predictor import BundlePredictor, LabelRequestError
 from medsam_peft.version import __version__
 
@@ -143,11 +143,12 @@ def decode_mask(encoded: str) -> np.ndarray:
 def _training_run_id(client: Any, run_dir: Path) -> str | None:
     """The MLflow run the trainer kept for ``run_dir`` (tag ``medsam_peft.output_dir``), newest first."""
     wanted = {str(run_dir), str(run_dir.resolve())}
-    for experiment in client.search_experiments():
-        for run in client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"]):
-            tag = run.data.tags.get(OUTPUT_DIR_TAG)
-            if tag is not None and (tag in wanted or str(Path(tag).resolve()) in wanted):
-                return run.info.run_id
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    # matched in Python: the tag holds --output_dir as the trainer was given it, possibly relative
+    for run in client.search_runs(experiments, order_by=["attributes.start_time DESC"]) if experiments else []:
+        tag = run.data.tags.get(OUTPUT_DIR_TAG)
+        if tag is not None and (tag in wanted or str(Path(tag).resolve()) in wanted):
+            return run.info.run_id
     return None
 
 
@@ -162,9 +163,7 @@ def log_tuned_model(source: str | os.PathLike, tracking_uri: str | None = None, 
     source = Path(source)
     if not source.is_dir():
         raise MissingFileError(f"{source} is not a folder: give a training run folder or an exported bundle folder")
-    is_run = (source / "run_config.json").is_file()
-    if not is_run and not (source / "configs" / "inference.json").is_file():
-        raise DataError(f"{source} is neither a training run folder (run_config.json) nor an exported bundle")
+    is_run = model_folder_kind(source) == "run"
     if tracking_uri is None:
         if not is_run or not (source / "mlruns.db").is_file():
             raise ConfigError("give --tracking-uri (e.g. sqlite:///mlruns.db or http://host:5000): "

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from medsam_peft.errors import ConfigError, DataError, MissingFileError
+from medsam_peft.export import model_folder_kind
 from medsam_peft.label.predictor import BundlePredictor, LabelRequestError
 from medsam_peft.transforms.io.array import VOLUME_SUFFIXES, SaveMask, is_volume_path, write_volume
 from medsam_peft.tuners.adapter_io import BUNDLE_ADAPTER
@@ -42,16 +43,13 @@ def open_model(adapter: str | Path, device: str = "cpu", checkpoint: str | None 
         raise MissingFileError(f"--adapter {path} does not exist; give a training run folder, an exported bundle "
                                "folder or an adapter file (.safetensors) inside one")
     if path.is_dir():
-        if (path / "configs" / "inference.json").is_file():
+        if model_folder_kind(path) == "bundle":
             return _bundle(path, device, checkpoint)
-        if (path / "run_config.json").is_file():
-            found = next((path / name for name in RUN_ADAPTERS if (path / name).is_file()), None)
-            if found is None:
-                raise MissingFileError(f"run folder {path} holds no adapter ({', '.join(RUN_ADAPTERS)}); train it "
-                                       "first or pass the adapter file")
-            return BundlePredictor.from_run(path, found, device=device, checkpoint=checkpoint)
-        raise DataError(f"--adapter {path} is neither a training run folder (run_config.json) nor an exported bundle "
-                        "(configs/inference.json)")
+        found = next((path / name for name in RUN_ADAPTERS if (path / name).is_file()), None)
+        if found is None:
+            raise MissingFileError(f"run folder {path} holds no adapter ({', '.join(RUN_ADAPTERS)}); train it "
+                                   "first or pass the adapter file")
+        return BundlePredictor.from_run(path, found, device=device, checkpoint=checkpoint)
     for folder in (path.parent, path.parent.parent):
         if (folder / "run_config.json").is_file():
             return BundlePredictor.from_run(folder, path, device=device, checkpoint=checkpoint)
@@ -88,7 +86,7 @@ def list_inputs(source: str | Path) -> list[Path]:
 
 def input_key(path: Path, source: Path) -> str:
     """How ``--boxes`` names an input: its path relative to the input folder (the file name for one file)."""
-    return path.name if path == source or source.is_file() else path.relative_to(source).as_posix()
+    return path.name if path == source else path.relative_to(source).as_posix()
 
 
 def read_prompts(boxes_file: str | Path, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
