@@ -38,6 +38,7 @@ class BenchCase:
     trunk_cache: str = "off"
     images: int = 4  # distinct images per epoch in "epochs" mode
     cpu_allocator: str = "reuse"  # as the training workflow's default (see utils/cpu_allocator.py)
+    conv_experts: str = "fast"  # Conv-LoRA experts: "fast" (fp32 channels-last on the CPU) or "plain"
 
     @property
     def label(self) -> str:
@@ -47,6 +48,7 @@ class BenchCase:
         tags += ["ckpt"] if self.checkpointing else []
         tags += [f"cache:{self.trunk_cache}"] if self.trunk_cache != "off" else []
         tags += [f"malloc:{self.cpu_allocator}"] if self.cpu_allocator != "reuse" else []
+        tags += [f"experts:{self.conv_experts}"] if self.conv_experts != "fast" else []
         return "+".join(tags)
 
 
@@ -55,6 +57,7 @@ def _measure(case: BenchCase) -> dict[str, Any]:
 
     from medsam_peft.engines import AutocastInferer
     from medsam_peft.tuners import build_tuned_sam
+    from medsam_peft.tuners.conv_lora import set_expert_fast_path
     from medsam_peft.utils.cpu_allocator import configure_cpu_allocator
 
     torch.manual_seed(0)
@@ -64,6 +67,7 @@ def _measure(case: BenchCase) -> dict[str, Any]:
     model = build_tuned_sam(case.backbone, None, tuner, image_size=case.size, device=device,
                             trunk_cache=case.trunk_cache, activation_checkpointing=case.checkpointing,
                             attention=case.attention)
+    set_expert_fast_path(model, case.conv_experts == "fast")
     if case.tuner == "base":  # SAM itself: nothing trainable, no adapter
         for p in model.parameters():
             p.requires_grad_(False)

@@ -7,6 +7,7 @@ import torch
 
 from medsam_peft.models import TrunkEmbeddingCache, build_sam, set_activation_checkpointing, set_attention_backend
 from medsam_peft.tuners import build_tuned_sam, get_tuned_model
+from medsam_peft.tuners.conv_lora import ScaleConvExpert, set_expert_fast_path
 
 BOXES = torch.tensor([[8.0, 10.0, 90.0, 100.0], [30.0, 20.0, 120.0, 70.0]])
 
@@ -316,3 +317,41 @@ def test_memory_budget_stops_keeping_entries_instead_of_evicting() -> None:
         model.model.encode_image(batch)
         model.model.encode_image(batch)
     assert len(cache.memory) == 1 and (cache.misses, cache.hits) == (5, 1)
+
+
+# ---- Conv-LoRA experts in float32 channels-last on the CPU -------------------------------------------------------
+def test_conv_lora_expert_fast_path_equals_the_plain_path_in_values_and_gradients() -> None:
+    torch.manual_seed(0)
+    model = build_tuned_sam("vit_tiny", tuner="conv_lora", tuner_options={"init_weights": False})
+    images = torch.randn(2, 3, 128, 128)
+    assert set_expert_fast_path(model, False) > 0
+    plain_logits, plain_grads = _train_step_grads(model, images)
+    set_expert_fast_path(model, True)
+    fast_logits, fast_grads = _train_step_grads(model, images)
+    assert plain_grads.keys() == fast_grads.keys()
+    assert any("conv_lora_experts" in name for name in fast_grads)
+    torch.testing.assert_close(fast_logits, plain_logits, rtol=1e-4, atol=1e-5)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(fast_grads[name], grad, rtol=1e-3, atol=1e-6, msg=name)
+
+
+def test_conv_lora_expert_fast_path_runs_float32_channels_last_under_autocast_and_returns_the_input_dtype() -> None:
+    torch.manual_seed(0)
+    expert = ScaleConvExpert(3, scale=3)
+    torch.nn.init.normal_(expert.conv.weight)
+    seen: list[tuple[torch.dtype, bool]] = []
+    expert.conv.register_forward_hook(
+        lambda module, args, out: seen.append((args[0].dtype, args[0].is_contiguous(memory_format=torch.channels_last))))
+    x = torch.randn(4, 3, 14, 14)
+    reference = expert(x)  # no autocast: float32 both ways
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = expert(x.bfloat16())
+        expert.cpu_fast_path = False
+        plain = expert(x.bfloat16())
+    assert seen[1] == (torch.float32, True) and seen[2][0] == torch.bfloat16
+    assert fast.dtype == plain.dtype == torch.bfloat16
+    # the fast path is the float32 computation rounded once; the bf16 plain path rounds at every op
+    fast_error = (fast.float() - reference).abs().max().item()
+    plain_error = (plain.float() - reference).abs().max().item()
+    assert fast_error <= 0.01 * reference.abs().max().item()
+    assert fast_error < plain_error
