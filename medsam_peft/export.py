@@ -101,9 +101,10 @@ def evaluate_config(run: dict[str, Any], image_size: int) -> dict[str, Any]:
         "_desc_": "Evaluation of the tuned SAM in models/model.safetensors: python -m monai.bundle run --config_file "
                   "configs/evaluate.json --bundle_root . --datalist datalist.json [--eval_split validation] "
                   "(MONAI's datalist format {\"validation\": [{\"image\": path, \"label\": mask}, ...]}, paths "
-                  "relative to its folder)" + ("; each image is prompted with the box around its mask" if boxed else "")
+                  "relative to its folder; --eval_batch_size N, default 4)" + ("; each image is prompted with the box around its mask" if boxed else "")
                   + ". Scores at each image's original size; masks and metrics.json go to <output_dir>.",
         "eval_split": "validation",
+        "eval_batch_size": 4,
         "preprocessing": {"_target_": "Compose", "transforms": f"${chain}[:2] + [monai.transforms.CopyItemsd('label', "
                           f"names='label_original')] + {chain}[2:]" + (
                               " + [medsam_peft.transforms.RandBoxFromMaskd('label', 'box', max_jitter=0)]" if boxed else "")},
@@ -115,10 +116,14 @@ def evaluate_config(run: dict[str, Any], image_size: int) -> dict[str, Any]:
              "nearest_interp": False},
             {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5},
             {"_target_": "DeleteItemsd", "keys": "label"},
+            {"_target_": "medsam_peft.transforms.CropToShaped", "keys": "label_original"},
             {"_target_": "CopyItemsd", "keys": "label_original", "names": "label"},
             {"_target_": "medsam_peft.transforms.SaveMaskd", "keys": "pred", "name_key": "label",
              "output_dir": "$os.path.join(@output_dir, 'predictions')"}]},
     })
+    # batched: the labels kept at each image's original size differ in shape, so they are padded and cropped back
+    config["dataloader"] = {**config["dataloader"], "batch_size": "@eval_batch_size",
+                            "collate_fn": {"_target_": "medsam_peft.data.PadRaggedCollate", "keys": ["label_original"]}}
     config["evaluator"] = {**config["evaluator"],
                            "key_val_metric": {"val_mean_dice": {"_target_": "MeanDice", **metric}},
                            "additional_metrics": {"val_mean_iou": {"_target_": "MeanIoUHandler", **metric}}}

@@ -17,10 +17,22 @@ from medsam_peft.utils.precision import resolve_precision
 
 
 def write_metrics(evaluator: Engine, path: str | os.PathLike, split: str = "") -> dict[str, float]:
-    """Print the evaluator's metrics and write them as JSON (atomically)."""
+    """Print the evaluator's metrics and write them as JSON (atomically), with the run's throughput: images, wall
+    seconds of the evaluator's run (loading, prediction, restoring to original size, scoring and saving masks) and
+    images/s."""
     metrics = {k: float(v) for k, v in evaluator.state.metrics.items() if isinstance(v, (int, float))}
-    write_json_atomic(path, {"split": split, "metrics": metrics})
-    print(f"{split or 'evaluation'}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
+    report: dict[str, Any] = {"split": split, "metrics": metrics}
+    seconds = (getattr(evaluator.state, "times", None) or {}).get("COMPLETED")
+    loader = getattr(evaluator, "data_loader", None)
+    images = len(loader.dataset) if loader is not None and hasattr(loader, "dataset") else None
+    timing = ""
+    if seconds and images:
+        batch = getattr(loader, "batch_size", None)
+        report["timing"] = {"images": images, "batch_size": batch, "seconds": round(seconds, 3),
+                            "images_per_s": round(images / seconds, 4)}
+        timing = f"  ({images} images in {seconds:.1f} s, {images / seconds:.2f} images/s, batch {batch})"
+    write_json_atomic(path, report)
+    print(f"{split or 'evaluation'}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + timing, flush=True)
     return metrics
 
 

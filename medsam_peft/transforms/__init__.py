@@ -61,6 +61,7 @@ from medsam_peft.transforms.semantic.dictionary import SemanticFromQueriesd
 from medsam_peft.transforms.spatial.array import ResizeLongestSide, RestoreOriginalSize, ScaleBox
 from medsam_peft.transforms.spatial.dictionary import (
     ORIGINAL_SIZE_SUFFIX,
+    CropToShaped,
     ResizeLongestSideD,
     ResizeLongestSided,
     ResizeLongestSideDict,
@@ -76,7 +77,7 @@ from medsam_peft.transforms.volume.dictionary import SliceVolumeD, SliceVolumed,
 
 __all__ = [
     "AXES", "IGNORE_LABEL", "INTENSITY_MAX_KEY", "MASK_MODES", "ORIGINAL_SIZE_SUFFIX", "VOLUME_SUFFIXES",
-    "AssembleVolume", "BoxFromMask", "ImageReadError", "LoadImage2D", "LoadImageMaskD", "LoadImageMaskDict",
+    "AssembleVolume", "BoxFromMask", "CropToShaped", "ImageReadError", "LoadImage2D", "LoadImageMaskD", "LoadImageMaskDict",
     "LoadImageMaskd", "LoadMask2D", "LoadVolume", "LoadVolumeD", "LoadVolumeDict", "LoadVolumed", "MissingKeyError",
     "PointsFromMask", "RandBoxFromMask", "RandBoxFromMaskD", "RandBoxFromMaskDict", "RandBoxFromMaskd",
     "RandPointsFromMask", "RandPointsFromMaskD", "RandPointsFromMaskDict", "RandPointsFromMaskd",

@@ -33,6 +33,22 @@ def test_standard_top_level_keys(name) -> None:
     assert all(key in config for key in STANDARD_KEYS), [k for k in STANDARD_KEYS if k not in config]
 
 
+@pytest.mark.parametrize("name", ["conv_lora_demo", *SEED_BUNDLES])
+def test_every_bundle_takes_the_interactive_prompts_with_its_settings(name, monkeypatch) -> None:
+    """README: '--prepare_batch %configs/prompts.json::interactive' works on any bundle, and the annotator reads the
+    bundle's top-level settings (a --centre_probability override reaches it)."""
+    from monai.bundle import ConfigParser
+
+    monkeypatch.chdir(REPO)
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / f"{name}.json"))
+    parser.update({"prepare_batch": "%configs/prompts.json::interactive", "centre_probability": 1.0, "clicks": 3})
+    annotator = parser.get_parsed_content("prepare_batch").annotator
+    assert (annotator.centre_probability, annotator.clicks) == (1.0, 3)
+    expected = 4 if name == "conv_lora_demo_interactive" else 7  # the demo's own setting, else the default
+    assert (annotator.max_corrections, annotator.box_probability, annotator.multimask) == (expected, 0.5, False)
+
+
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("seed_data")

@@ -77,3 +77,21 @@ ResizeLongestSideD = ResizeLongestSideDict = ResizeLongestSided
 RestoreOriginalSizeD = RestoreOriginalSizeDict = RestoreOriginalSized
 
 ScaleBoxD = ScaleBoxDict = ScaleBoxd
+
+
+class CropToShaped(MapTransform):
+    """Crop each of ``keys`` back to the spatial shape stored under ``key + "_shape"`` by
+    ``medsam_peft.data.PadRaggedCollate`` (which padded it to the batch's largest shape at the end of every axis)."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            shape_key = f"{key}_shape"
+            if shape_key not in d:
+                continue  # collated without padding (batch size 1 or the default collate)
+            shape = [int(s) for s in torch.as_tensor(d[shape_key]).reshape(-1)]
+            d[key] = d[key][(slice(None), *(slice(0, s) for s in shape))]
+        return d
