@@ -39,6 +39,7 @@ class BenchCase:
     images: int = 4  # distinct images per epoch in "epochs" mode
     cpu_allocator: str = "reuse"  # as the training workflow's default (see utils/cpu_allocator.py)
     conv_experts: str = "fast"  # Conv-LoRA experts: "fast" (fp32 channels-last on the CPU) or "plain"
+    compile: bool = False  # torch.compile the model (compiled during the warm-up steps)
 
     @property
     def label(self) -> str:
@@ -49,6 +50,7 @@ class BenchCase:
         tags += [f"cache:{self.trunk_cache}"] if self.trunk_cache != "off" else []
         tags += [f"malloc:{self.cpu_allocator}"] if self.cpu_allocator != "reuse" else []
         tags += [f"experts:{self.conv_experts}"] if self.conv_experts != "fast" else []
+        tags += ["compile"] if self.compile else []
         return "+".join(tags)
 
 
@@ -74,6 +76,8 @@ def _measure(case: BenchCase) -> dict[str, Any]:
     if case.mode == "infer_merged":
         model.merge_adapter()
     trainable = [p for p in model.parameters() if p.requires_grad]
+    if case.compile:
+        model = torch.compile(model)  # same parameters; the first (warm-up) call compiles
     training = case.mode in ("train", "epochs")
     optimizer = torch.optim.AdamW(trainable, lr=1e-4) if trainable and training else None
     inferer = AutocastInferer(case.dtype)

@@ -156,9 +156,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from medsam_peft.benchmark import BenchCase, add_ratios, format_table, merge_rounds, run_case
 
     cases = []
-    for backbone, size, dtype, batch, mode, tuner, attention, checkpointing, cache, allocator, experts in product(
+    for backbone, size, dtype, batch, mode, tuner, attention, checkpointing, cache, allocator, experts, compiled in product(
         args.backbone, args.size, args.dtype, args.batch, args.mode, args.tuner, args.attention, args.checkpointing,
-        args.trunk_cache, args.cpu_allocator, args.conv_experts,
+        args.trunk_cache, args.cpu_allocator, args.conv_experts, args.compile,
     ):
         if experts == "plain" and tuner != "conv_lora":
             continue  # only Conv-LoRA has the experts
@@ -168,7 +168,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"  {backbone} {tuner} {mode}: skipped (nothing to train / not mergeable)")
             continue
         cases.append(BenchCase(backbone, tuner, size, dtype, batch, mode, args.device, args.warmup, args.repeats,
-                               attention, checkpointing == "on", cache, args.images, allocator, experts))
+                               attention, checkpointing == "on", cache, args.images, allocator, experts,
+                               compiled == "on"))
     # Round-robin over the cases: on a shared or throttling machine later runs are slower, and the ratios should
     # not depend on the order the cases were listed in.
     measured: list[list[dict]] = [[] for _ in cases]
@@ -246,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="reuse (default, as in training): keep freed CPU memory; system: glibc's defaults")
     bench.add_argument("--conv-experts", nargs="+", default=["fast"], choices=["fast", "plain"],
                        help="Conv-LoRA experts: fast (default: float32 channels-last on the CPU) or plain")
+    bench.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"],
+                       help="torch.compile the model (compiled in the warm-up; Conv-LoRA then runs every expert)")
     bench.add_argument("--images", type=int, default=4, help="distinct images per epoch in 'epochs' mode")
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--warmup", type=int, default=1)

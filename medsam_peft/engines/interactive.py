@@ -88,6 +88,15 @@ def pack_clicks(clicks: Sequence[Sequence[Click]], device: torch.device) -> tupl
     return coords.to(device), labels.to(device)
 
 
+def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Soft Dice (smoothed by 1) + mean BCE of (B, C, H, W) logits against a broadcastable {0, 1} target: (B, C)."""
+    target = target.expand_as(logits)
+    prob = torch.sigmoid(logits)
+    dice = 1 - (2 * (prob * target).flatten(2).sum(-1) + 1) / ((prob + target).flatten(2).sum(-1) + 1)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(2).mean(-1)
+    return dice + bce
+
+
 def _masks(logits: torch.Tensor) -> list[np.ndarray]:
     return [plane for plane in (logits[:, 0] > 0).cpu().numpy()]
 
@@ -113,11 +122,15 @@ class SimulatedAnnotator(Randomizable):
             ``iou_loss_weight``, auxiliary loss too). In the protocol and the label server the first click's mask is
             the most confident one that agrees with the click. Needs SAM's four mask tokens.
         iou_loss_weight: weight of the IoU head's MSE (SAM: 1).
+        supervise_every_round: also train the prediction of every correction round before the last (SAM and
+            micro-sam supervise each iteration): those rounds decode with gradients and their mean Dice + BCE joins the
+            auxiliary loss; the mask fed to the next round stays detached, as in SAM. Off: only the last round is
+            trained, the others decode without gradients.
     """
 
     def __init__(self, box_probability: float = 0.5, max_corrections: int = 7, clicks: int = 5,
                  mask_prompt: bool = True, centre_probability: float = 0.5, seed: int | None = 0,
-                 multimask: bool = False, iou_loss_weight: float = 1.0) -> None:
+                 multimask: bool = False, iou_loss_weight: float = 1.0, supervise_every_round: bool = False) -> None:
         if not 0.0 <= box_probability <= 1.0:
             raise ConfigError(f"box_probability must be in [0, 1], got {box_probability}")
         if max_corrections < 0 or clicks < 1:
@@ -131,6 +144,7 @@ class SimulatedAnnotator(Randomizable):
         self.centre_probability = float(centre_probability)
         self.multimask = bool(multimask)
         self.iou_loss_weight = float(iou_loss_weight)
+        self.supervise_every_round = bool(supervise_every_round)
         self.last_clicks: list[list[Click]] = []
         self.last_rounds = 0
         self.set_random_state(seed)
@@ -165,10 +179,17 @@ class SimulatedAnnotator(Randomizable):
         mask_inputs = None
         rounds = int(self.R.randint(0, self.max_corrections + 1))
         lone = [i for i, sample in enumerate(clicks) if not use_box[i] and sample]
-        with torch.no_grad():
-            for round_index in range(rounds):
+        supervised = self.supervise_every_round and torch.is_grad_enabled()
+        target = torch.as_tensor(np.stack(targets), device=image.device).float()[:, None]
+        round_losses = []
+        for round_index in range(rounds):
+            with torch.set_grad_enabled(supervised):
                 coords, labels = pack_clicks(clicks, image.device)
                 low_res = model.decode(embeddings, box_prompts, coords, labels, mask_inputs)
+                if supervised:
+                    round_losses.append(dice_bce(model.upscale(low_res, size).float(), target).mean())
+            with torch.no_grad():
+                low_res = low_res.detach()
                 if self.multimask and round_index == 0 and lone:
                     # as the protocol and the server answer a lone first click: the most confident of three masks,
                     # which the next round then gets as its mask prompt
@@ -186,32 +207,30 @@ class SimulatedAnnotator(Randomizable):
         self.last_clicks, self.last_rounds = clicks, rounds  # what the last step prompted, for inspection
         coords, labels = pack_clicks(clicks, image.device)
         logits = model.upscale(model.decode(embeddings, box_prompts, coords, labels, mask_inputs), size)
+        pending = [torch.stack(round_losses).mean()] if round_losses else []
         if self.multimask and lone:
-            self._train_multimask(model, embeddings, clicks, targets, lone, size)
+            pending.append(self._train_multimask(model, embeddings, clicks, targets, lone, size))
+        if pending and hasattr(model, "pending_loss"):
+            model.pending_loss = torch.stack(pending).sum()
         return logits
 
-    def _train_multimask(self, model, embeddings, clicks, targets, lone, size) -> None:
-        """The first click of the samples that started from one: its three masks decoded with gradients, the min-loss
-        one's Dice + BCE and the IoU head's MSE against each mask's IoU left as the model's pending loss (the step's
-        output stays mask token 0's, so a lone click without a mask prompt keeps being trained there too)."""
+    def _train_multimask(self, model, embeddings, clicks, targets, lone, size) -> torch.Tensor:
+        """The first click of the samples that started from one: its three masks decoded with gradients; returns the
+        min-loss one's Dice + BCE plus the IoU head's MSE against each mask's IoU, for the model's pending loss (the
+        step's output stays mask token 0's, so a lone click without a mask prompt keeps being trained there too)."""
         index = torch.tensor(lone, device=embeddings.device)
         coords, labels = pack_clicks([clicks[i][:1] for i in lone], embeddings.device)
         low_res, predicted_iou = model.decode_multimask(embeddings[index], coords, labels)
         candidates = model.upscale(low_res, size).float()  # (L, 3, S, S)
         target = torch.as_tensor(np.stack([targets[i] for i in lone]), device=candidates.device).float()[:, None]
         target = target.expand_as(candidates)
-        prob = torch.sigmoid(candidates)
-        dice = 1 - (2 * (prob * target).flatten(2).sum(-1) + 1) / ((prob + target).flatten(2).sum(-1) + 1)
-        bce = F.binary_cross_entropy_with_logits(candidates, target, reduction="none").flatten(2).mean(-1)
-        losses = dice + bce  # (L, 3)
+        losses = dice_bce(candidates, target)  # (L, 3)
         best = losses.detach().argmin(1)
         rows = torch.arange(len(lone), device=candidates.device)
         with torch.no_grad():
             binary, truth = candidates > 0, target > 0.5
             iou = (binary & truth).flatten(2).sum(-1) / (binary | truth).flatten(2).sum(-1).clamp_min(1)
-        pending = self.iou_loss_weight * F.mse_loss(predicted_iou.float(), iou) + losses[rows, best].mean()
-        if hasattr(model, "pending_loss"):
-            model.pending_loss = pending
+        return self.iou_loss_weight * F.mse_loss(predicted_iou.float(), iou) + losses[rows, best].mean()
 
     # ---- evaluation -------------------------------------------------------------------------------------------
     def protocol(self, model, image: torch.Tensor, targets: list[np.ndarray],

@@ -161,6 +161,47 @@ def test_training_step_trains_the_last_round_from_box_or_clicks_consistent_with_
         tiny_model.zero_grad(set_to_none=True)
 
 
+def test_supervising_every_round_adds_the_mean_dice_bce_of_the_earlier_rounds(tiny_model) -> None:
+    """supervise_every_round: the pending (auxiliary) loss is the mean Dice + BCE of each correction round's prediction
+    before the last, recomputed here from plain decodes of the recorded clicks, each fed the previous round's mask;
+    without it nothing is pending."""
+    image, target = torch.rand(2, 3, 64, 64), _target()
+    tiny_model.train()
+    try:
+        plain = SimulatedAnnotator(0.0, max_corrections=3, seed=5)
+        tiny_model(image, target=target, interaction=plain)
+        assert float(tiny_model.aux_loss()) == 0.0
+        annotator = SimulatedAnnotator(0.0, max_corrections=3, seed=5, supervise_every_round=True)
+        while True:
+            tiny_model(image, target=target, interaction=annotator)
+            aux = tiny_model.aux_loss()
+            if annotator.last_rounds >= 2:
+                break
+        clicks, rounds = annotator.last_clicks, annotator.last_rounds
+        assert all(len(c) == rounds + 1 for c in clicks)
+        sam = tiny_model.model
+        with torch.no_grad():
+            embeddings = sam.encode_image(image)
+            mask, losses = None, []
+            for r in range(rounds):
+                coords = torch.tensor([[click[:2] for click in c[: r + 1]] for c in clicks])
+                labels = torch.tensor([[float(click[2]) for click in c[: r + 1]] for c in clicks])
+                low_res = sam.decode(embeddings, None, coords, labels, mask)
+                logits, t = sam.upscale(low_res, (64, 64)), target
+                prob = torch.sigmoid(logits)
+                dice = 1 - (2 * (prob * t).flatten(1).sum(1) + 1) / ((prob + t).flatten(1).sum(1) + 1)
+                bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, t, reduction="none").flatten(1).mean(1)
+                losses.append(float((dice + bce).mean()))
+                mask = low_res
+        assert float(aux.detach()) == pytest.approx(float(np.mean(losses)), rel=1e-4)
+        aux.backward()
+        decoder = [p for p in sam.mask_decoder.parameters() if p.requires_grad]
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in decoder)
+    finally:
+        tiny_model.eval()
+        tiny_model.zero_grad(set_to_none=True)
+
+
 def test_number_of_clicks_metric_matches_numpy() -> None:
     rng = np.random.RandomState(0)
     label = rng.rand(6, 1, 16, 16) > 0.6
