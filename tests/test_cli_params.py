@@ -100,3 +100,17 @@ def test_prepare_colin27(tmp_path, capsys) -> None:
     assert {e["structure"] for e in datalist["training"]} == {"Thalamus_L"}
     assert {e["structure"] for e in datalist["validation"]} == {"Thalamus_R"}
     assert main(["prepare", "kvasir_nope", "--root", str(tmp_path)]) == 2
+
+
+def test_lite_medsam_counts_on_the_meta_device_equal_a_real_build(capsys) -> None:
+    """TinyViT cannot be constructed on the meta device (its __init__ reads a tensor's value): the structure-only
+    build of `params` and of `bench`'s mergeability check must still count what a real build holds."""
+    from medsam_peft.tuners import build_tuned_sam
+
+    assert main(["params", "--backbone", "lite_medsam", "--tuner", "conv_lora", "--image-size", "256", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    real = build_tuned_sam("lite_medsam", None, "conv_lora", image_size=256)
+    assert report["trainable"] == sum(p.numel() for p in real.parameters() if p.requires_grad)
+    assert report["total"] == sum(p.numel() for p in real.parameters())
+    meta = build_tuned_sam("lite_medsam", None, "lora", device="meta")
+    assert {p.device.type for p in meta.parameters()} == {"meta"}

