@@ -3,7 +3,8 @@
     python benchmarks/eval_throughput.py RUN_DIR --bundle bundles/conv_lora_demo.json [--batch 1 4] [--rounds 2]
 
 For each batch size: ``configs/evaluate.json`` layered on ``--bundle`` with the trained run ``RUN_DIR`` (its
-``run_config.json`` names backbone, tuner and image size) writes ``timing.images_per_s`` into its ``metrics.json``
+``run_config.json`` names backbone and image size, ``parameter_report.json`` the tuner) writes
+``timing.images_per_s`` into its ``metrics.json``
 (the evaluator's whole run: loading, prediction, restoring each mask to its original size, scoring, writing PNGs);
 ``medsam-peft bench --mode infer`` measures the same backbone, tuner and size at the same batch (forward only, one
 warm-up). Prints both and their ratio (bench images/s / evaluation images/s); each round alternates the order.
@@ -42,6 +43,7 @@ def main() -> None:
     from medsam_peft.benchmark import BenchCase, run_case
 
     run = json.loads((args.run_dir / "run_config.json").read_text())
+    run["tuner"] = json.loads((args.run_dir / "parameter_report.json").read_text())["tuner"]
     results: dict[int, dict[str, list[float]]] = {b: {"eval": [], "bench": []} for b in args.batch}
     with tempfile.TemporaryDirectory() as scratch:
         for round_index in range(args.rounds):

@@ -84,7 +84,10 @@ def inference_config(run: dict[str, Any], image_size: int) -> dict[str, Any]:
         "evaluator": {"_target_": "SupervisedEvaluator", "device": "@device", "val_data_loader": "@dataloader",
                       "network": "@network", "prepare_batch": "@prepare_batch", "inferer": "@inferer",
                       "postprocessing": "@postprocessing"},
-        "initialize": ["$len(@dataset#data)", "$monai.utils.set_determinism(seed=0)"],  # requests checked first
+        # requests checked first; on the CPU freed memory is kept for the next batch (utils/cpu_allocator.py)
+        "cpu_allocator": "reuse",
+        "initialize": ["$len(@dataset#data)", "$monai.utils.set_determinism(seed=0)",
+                       "$medsam_peft.utils.configure_cpu_allocator(@cpu_allocator, @device)"],
         "run": ["$@evaluator.run()"],
     }
 
@@ -127,7 +130,8 @@ def evaluate_config(run: dict[str, Any], image_size: int) -> dict[str, Any]:
     config["evaluator"] = {**config["evaluator"],
                            "key_val_metric": {"val_mean_dice": {"_target_": "MeanDice", **metric}},
                            "additional_metrics": {"val_mean_iou": {"_target_": "MeanIoUHandler", **metric}}}
-    config["initialize"] = ["$monai.utils.set_determinism(seed=0)"]
+    config["initialize"] = ["$monai.utils.set_determinism(seed=0)",
+                            "$medsam_peft.utils.configure_cpu_allocator(@cpu_allocator, @device)"]
     config["run"] = ["$@evaluator.run()", "$medsam_peft.engines.write_metrics(@evaluator, "
                      "os.path.join(@output_dir, 'metrics.json'), @eval_split)"]
     return config
