@@ -62,7 +62,8 @@ PROMPT_RECIPES = {
 # Keys of configs/train.json's 'defaults' a generated training config takes unchanged.
 INHERITED_DEFAULTS = ("squash", "accumulation_steps", "weight_decay", "max_grad_norm", "trunk_cache",
                       "activation_checkpointing", "attention", "cpu_allocator", "distributed", "train_augmentation",
-                      "mask_threshold", "num_classes", "clicks", "box_probability", "max_corrections")
+                      "mask_threshold", "num_classes", "clicks", "box_probability", "max_corrections",
+                      "centre_probability", "supervise_every_round")
 # Sections of configs/train.json every bundle pulls in (bundles/conv_lora_demo.json does the same).
 WORKFLOW_SECTIONS = ("network", "optimizer", "lr_scheduler", "inferer", "postprocessing", "train", "validate",
                      "initialize", "run")

@@ -335,7 +335,7 @@ def test_conv_lora_expert_fast_path_equals_the_plain_path_in_values_and_gradient
         torch.testing.assert_close(fast_grads[name], grad, rtol=1e-3, atol=1e-6, msg=name)
 
 
-def test_conv_lora_expert_fast_path_runs_float32_channels_last_under_autocast_and_returns_the_input_dtype() -> None:
+def test_conv_lora_expert_fast_path_runs_channels_last_in_float32_and_the_plain_path_under_autocast() -> None:
     torch.manual_seed(0)
     expert = ScaleConvExpert(3, scale=3)
     torch.nn.init.normal_(expert.conv.weight)
@@ -343,15 +343,12 @@ def test_conv_lora_expert_fast_path_runs_float32_channels_last_under_autocast_an
     expert.conv.register_forward_hook(
         lambda module, args, out: seen.append((args[0].dtype, args[0].is_contiguous(memory_format=torch.channels_last))))
     x = torch.randn(4, 3, 14, 14)
-    reference = expert(x)  # no autocast: float32 both ways
+    fast = expert(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        fast = expert(x.bfloat16())
-        expert.cpu_fast_path = False
-        plain = expert(x.bfloat16())
-    assert seen[1] == (torch.float32, True) and seen[2][0] == torch.bfloat16
-    assert fast.dtype == plain.dtype == torch.bfloat16
-    # the fast path is the float32 computation rounded once; the bf16 plain path rounds at every op
-    fast_error = (fast.float() - reference).abs().max().item()
-    plain_error = (plain.float() - reference).abs().max().item()
-    assert fast_error <= 0.01 * reference.abs().max().item()
-    assert fast_error < plain_error
+        under_autocast = expert(x.bfloat16())
+    expert.cpu_fast_path = False
+    plain = expert(x)
+    assert seen[0] == (torch.float32, True)  # fast: channels-last float32
+    assert seen[1][0] == torch.bfloat16 and under_autocast.dtype == torch.bfloat16  # autocast: the plain path
+    assert seen[2] == (torch.float32, False)
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)

@@ -94,14 +94,15 @@ def bicubic_matrix(size_in: int, size_out: int, device: torch.device) -> torch.T
 class ScaleConvExpert(nn.Module):
     """Bicubic up-scaling by ``scale``, 3x3 convolution r->r (zero bias), GELU, bicubic back to the input size.
 
-    ``cpu_fast_path`` (on by default): on the CPU the expert runs in float32 whatever the autocast state and returns
-    the input's dtype; both resamplings are products with precomputed bicubic matrices (``bicubic_matrix``) and the
+    ``cpu_fast_path`` (on by default): float32 on the CPU without autocast (``precision`` float32, e.g. every
+    AVX2-only CPU): both resamplings are products with precomputed bicubic matrices (``bicubic_matrix``) and the
     convolution runs channels-last. Its convolutions have only r (3-8) channels on up-scaled windows, where oneDNN's
-    bf16 and NCHW kernels are slow and ``F.interpolate`` is slower still on channels-last input; on this project's
-    CPU an expert forward + backward on LiteMedSAM's (110, 3, 7, 7) windows at scale 7 took 29 ms on the plain path
-    under bf16 autocast and 17.5 ms on this one. The values are the plain path's in float32 (tested: outputs and
-    gradients equal to rounding); under autocast they are more exact than it. Graph capture (TorchScript, ONNX,
-    ``torch.compile``) always records the plain path.
+    NCHW kernels are slow and ``F.interpolate`` is slower still on channels-last input: a 3->3 3x3 convolution
+    forward + backward on (110, 3, 49, 49) took 68 ms NCHW and 16.5 ms channels-last on this project's CPU. The values
+    are the plain path's (tested: outputs and gradients equal to rounding). Under bf16 autocast the plain path runs:
+    running the expert in float32 there made steps 1.14x faster but changed the bf16 training trajectory enough that a
+    one-epoch click-trained model answered lone clicks worse (label-server tests), so it waits for a measurement over
+    full runs. Graph capture (TorchScript, ONNX, ``torch.compile``) always records the plain path.
     """
 
     def __init__(self, channels: int, scale: int, cpu_fast_path: bool = True) -> None:
@@ -113,7 +114,8 @@ class ScaleConvExpert(nn.Module):
         self.cpu_fast_path = cpu_fast_path
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cpu_fast_path and x.device.type == "cpu" and not graph_capture():
+        if (self.cpu_fast_path and x.device.type == "cpu" and x.dtype == torch.float32
+                and not torch.is_autocast_enabled("cpu") and not graph_capture()):
             return self._fast(x)
         size = x.shape[-2:]
         if self.scale != 1:
