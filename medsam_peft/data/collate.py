@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from monai.data import list_data_collate
 
-SHAPE_SUFFIX = "_shape"
+from medsam_peft.transforms.spatial.dictionary import SHAPE_SUFFIX
 
 
 class PadRaggedCollate:
@@ -39,4 +39,4 @@ class PadRaggedCollate:
         return list_data_collate(items)
 
 
-__all__ = ["PadRaggedCollate", "SHAPE_SUFFIX"]
+__all__ = ["PadRaggedCollate"]

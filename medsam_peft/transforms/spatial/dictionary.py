@@ -11,6 +11,8 @@ from monai.transforms import InvertibleTransform, MapTransform
 from medsam_peft.transforms.spatial.array import ResizeLongestSide, RestoreOriginalSize, ScaleBox
 
 ORIGINAL_SIZE_SUFFIX = "_original_size"
+# Where medsam_peft.data.PadRaggedCollate keeps the spatial shape of an array it padded (read by CropToShaped).
+SHAPE_SUFFIX = "_shape"
 
 class ResizeLongestSided(MapTransform, InvertibleTransform):
     """Dictionary version of ``ResizeLongestSide``; records each key's (H, W) under ``key + "_original_size"`` and,
@@ -89,7 +91,7 @@ class CropToShaped(MapTransform):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         for key in self.key_iterator(d):
-            shape_key = f"{key}_shape"
+            shape_key = f"{key}{SHAPE_SUFFIX}"
             if shape_key not in d:
                 continue  # collated without padding (batch size 1 or the default collate)
             shape = [int(s) for s in torch.as_tensor(d[shape_key]).reshape(-1)]

@@ -126,19 +126,16 @@ class ScaleConvExpert(nn.Module):
         return x
 
     def _fast(self, x: torch.Tensor) -> torch.Tensor:
+        """The plain path's arithmetic for float32 CPU input outside autocast (``forward`` checks that)."""
         height, width = x.shape[-2:]
-        with torch.autocast("cpu", enabled=False):
-            y = x.float()
-            if self.scale != 1:
-                up_h = bicubic_matrix(height, height * self.scale, x.device)
-                up_w = bicubic_matrix(width, width * self.scale, x.device)
-                y = up_h @ y @ up_w.T
-            y = self.act(self.conv(y.contiguous(memory_format=torch.channels_last)))
-            if self.scale != 1:
-                down_h = bicubic_matrix(height * self.scale, height, x.device)
-                down_w = bicubic_matrix(width * self.scale, width, x.device)
-                y = down_h @ y.contiguous() @ down_w.T
-        return y.to(x.dtype)
+        if self.scale != 1:
+            x = bicubic_matrix(height, height * self.scale, x.device) @ x @ bicubic_matrix(
+                width, width * self.scale, x.device).T
+        x = self.act(self.conv(x.contiguous(memory_format=torch.channels_last)))
+        if self.scale != 1:
+            x = bicubic_matrix(height * self.scale, height, x.device) @ x.contiguous() @ bicubic_matrix(
+                width * self.scale, width, x.device).T
+        return x
 
 
 def set_expert_fast_path(model: nn.Module, enabled: bool) -> int:
