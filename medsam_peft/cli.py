@@ -40,7 +40,7 @@ def cmd_params(args: argparse.Namespace) -> int:
     # The meta device builds the structure without allocating weights: ViT-H counts in a second.
     model = build_tuned_sam(args.backbone, None, args.tuner, image_size=args.image_size, device="meta",
                             tuner_options=options, mask_tokens=_parse_value(args.mask_tokens),
-                            num_classes=args.num_classes)
+                            num_classes=args.num_classes, query_init=args.query_init)
     report = model.parameter_report()
     if args.json:
         print(json.dumps(report, indent=2))
@@ -209,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     params.add_argument("--mask-tokens", default="reference",
                         help="decoder mask tokens: 'reference' (the tuner paper's decoder), null (SAM's four) or N")
     params.add_argument("--num-classes", type=int, default=None, help="multi-class decoder with N classes")
+    params.add_argument("--query-init", default=None, choices=["class", "perturbed", "token0"],
+                        help="multi-class queries: class (default, one per class), perturbed, token0 (the reference)")
     params.add_argument("--json", action="store_true")
     params.set_defaults(func=cmd_params)
 

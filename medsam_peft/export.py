@@ -36,8 +36,23 @@ def _versions() -> dict[str, str]:
             **packages}
 
 
+def _to_masks(semantic: bool) -> list[dict[str, Any]]:
+    """Network output -> masks at each image's original size: sigmoid + threshold (binary) or the per-class
+    probabilities of the multi-class decoder + argmax (a class-id map), both inverted before the decision."""
+    invert = {"_target_": "Invertd", "keys": ["pred", "prob"] if semantic else "pred", "transform": "@preprocessing",
+              "orig_keys": "image", "nearest_interp": False}
+    if semantic:
+        return [{"_target_": "medsam_peft.transforms.SemanticFromQueriesd", "keys": "pred"},
+                {"_target_": "CopyItemsd", "keys": "pred", "names": "prob"}, invert,
+                {"_target_": "AsDiscreted", "keys": "pred", "argmax": True}]
+    return [{"_target_": "Activationsd", "keys": "pred", "sigmoid": True}, invert,
+            {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5}]
+
+
 def inference_config(run: dict[str, Any], image_size: int) -> dict[str, Any]:
-    """The exported ``configs/inference.json``: a datalist of {image[, box][, name]} -> PNG masks."""
+    """The exported ``configs/inference.json``: a datalist of {image[, box][, name]} -> PNG masks (class-id maps for
+    a multi-class model: ``run["num_classes"]``)."""
+    semantic = bool(run.get("num_classes"))
     prompt = run.get("prompt", "none")
     # A click-trained model also takes boxes: the datalist inference of an exported bundle feeds the box.
     boxed = prompt in ("box", "interactive")
@@ -48,7 +63,9 @@ def inference_config(run: dict[str, Any], image_size: int) -> dict[str, Any]:
         "_desc_": "Inference with the tuned SAM in models/model.safetensors: python -m monai.bundle run --config_file "
                   "configs/inference.json --bundle_root . --datalist requests.json (a list of {\"image\": path, "
                   "\"box\": [x0, y0, x1, y1] in image pixels}" + ("; the box is required" if boxed else "")
-                  + "). Masks go to <output_dir>/<image stem>_pred.png.",
+                  + "). Masks go to <output_dir>/<image stem>_pred.png" + (
+                      f" as class-id maps ({', '.join(f'{i} {n}' for i, n in enumerate(run.get('class_names') or []))})"
+                      if semantic else "") + ".",
         "imports": ["$import os", "$import json", "$import medsam_peft", "$import medsam_peft.data",
                     "$import medsam_peft.transforms", "$import medsam_peft.engines"],
         "bundle_root": ".",
@@ -75,12 +92,9 @@ def inference_config(run: dict[str, Any], image_size: int) -> dict[str, Any]:
                        "num_workers": 0},
         "prepare_batch": prepare,
         "inferer": {"_target_": "medsam_peft.engines.AutocastInferer", "dtype": "@precision"},
-        "postprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
-            {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
-             "nearest_interp": False},
-            {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5},
-            {"_target_": "medsam_peft.transforms.SaveMaskd", "keys": "pred", "output_dir": "@output_dir"}]},
+        "postprocessing": {"_target_": "Compose", "transforms": _to_masks(semantic) + [
+            {"_target_": "medsam_peft.transforms.SaveMaskd", "keys": "pred", "output_dir": "@output_dir",
+             "label_map": semantic}]},
         "evaluator": {"_target_": "SupervisedEvaluator", "device": "@device", "val_data_loader": "@dataloader",
                       "network": "@network", "prepare_batch": "@prepare_batch", "inferer": "@inferer",
                       "postprocessing": "@postprocessing"},
@@ -97,8 +111,10 @@ def evaluate_config(run: dict[str, Any], image_size: int) -> dict[str, Any]:
     size and the predicted masks, the steps of medsam_peft's ``configs/evaluate.json`` (boxes from the masks, no
     jitter, for box-prompted models)."""
     config = inference_config(run, image_size)
-    boxed = config["prompt"] in ("box", "interactive")
-    chain = f"medsam_peft.transforms.sam_preprocessing(@image_size, @squash, 'binary', {run.get('mask_threshold')!r})"
+    semantic = bool(run.get("num_classes"))
+    boxed = config["prompt"] in ("box", "interactive") and not semantic
+    mode = "multiclass" if semantic else "binary"
+    chain = f"medsam_peft.transforms.sam_preprocessing(@image_size, @squash, '{mode}', {run.get('mask_threshold')!r})"
     metric = {"include_background": True, "output_transform": "$monai.handlers.from_engine(['pred', 'label'])"}
     config.update({
         "_desc_": "Evaluation of the tuned SAM in models/model.safetensors: python -m monai.bundle run --config_file "
@@ -113,23 +129,27 @@ def evaluate_config(run: dict[str, Any], image_size: int) -> dict[str, Any]:
                               " + [medsam_peft.transforms.RandBoxFromMaskd('label', 'box', max_jitter=0)]" if boxed else "")},
         "dataset": {"_target_": "Dataset", "data": "$medsam_peft.data.load_datalist(@datalist, @eval_split, "
                     "os.path.dirname(os.path.abspath(@datalist)))", "transform": "@preprocessing"},
-        "postprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
-            {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
-             "nearest_interp": False},
-            {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5},
+        "postprocessing": {"_target_": "Compose", "transforms": _to_masks(semantic) + [
             {"_target_": "DeleteItemsd", "keys": "label"},
             {"_target_": "medsam_peft.transforms.CropToShaped", "keys": "label_original"},
             {"_target_": "CopyItemsd", "keys": "label_original", "names": "label"},
             {"_target_": "medsam_peft.transforms.SaveMaskd", "keys": "pred", "name_key": "label",
-             "output_dir": "$os.path.join(@output_dir, 'predictions')"}]},
+             "output_dir": "$os.path.join(@output_dir, 'predictions')", "label_map": semantic}]},
     })
     # batched: the labels kept at each image's original size differ in shape, so they are padded and cropped back
     config["dataloader"] = {**config["dataloader"], "batch_size": "@eval_batch_size",
                             "collate_fn": {"_target_": "medsam_peft.data.PadRaggedCollate", "keys": ["label_original"]}}
-    config["evaluator"] = {**config["evaluator"],
-                           "key_val_metric": {"val_mean_dice": {"_target_": "MeanDice", **metric}},
-                           "additional_metrics": {"val_mean_iou": {"_target_": "MeanIoUHandler", **metric}}}
+    if semantic:  # dataset-accumulated IoUs, as in training (medsam_peft.engines.semantic_metrics)
+        config["num_classes"], config["class_names"] = int(run["num_classes"]), list(run["class_names"])
+        config["evaluator"] = {**config["evaluator"],
+                               "key_val_metric": "$medsam_peft.engines.semantic_metrics(@num_classes, "
+                                                 "key='val_foreground_miou')",
+                               "additional_metrics": "$medsam_peft.engines.semantic_metrics(@num_classes, "
+                                                     "@class_names, without='val_foreground_miou')"}
+    else:
+        config["evaluator"] = {**config["evaluator"],
+                               "key_val_metric": {"val_mean_dice": {"_target_": "MeanDice", **metric}},
+                               "additional_metrics": {"val_mean_iou": {"_target_": "MeanIoUHandler", **metric}}}
     config["initialize"] = ["$monai.utils.set_determinism(seed=0)",
                             "$medsam_peft.utils.configure_cpu_allocator(@cpu_allocator, @device)"]
     config["run"] = ["$@evaluator.run()", "$medsam_peft.engines.write_metrics(@evaluator, "
@@ -266,7 +286,15 @@ def export_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, adapte
     data_meta, counts = _datalist_summary(run)
     modality, data_type = dataset_modality(str(run.get("dataset", "")))
     report_lines = (run_dir / "metric_report.txt").read_text().splitlines() if (run_dir / "metric_report.txt").is_file() else []
-    task = "Multi-class" if meta.get("decoder", {}).get("num_classes") else "Binary"
+    num_classes = meta.get("decoder", {}).get("num_classes")
+    task = "Multi-class" if num_classes else "Binary"
+    if num_classes:
+        names = data_meta.get("classes")
+        run["num_classes"] = int(num_classes)
+        run["class_names"] = list(names) if isinstance(names, list) and len(names) == num_classes else \
+            ["background"] + [f"class_{i}" for i in range(1, num_classes)]
+    channel_def = dict(enumerate(run["class_names"])) if num_classes else {0: "background", 1: label_name}
+    label_text = ", ".join(f"{i} {n}" for i, n in channel_def.items())
     metadata = {
         "schema": SCHEMA_URL,
         "version": "0.1.0",
@@ -277,7 +305,7 @@ def export_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, adapte
         "required_packages_version": {k: versions[k] for k in ("medsam_peft", "segment-anything", "pytorch-ignite",
                                                                 "pillow", "safetensors")},
         "name": title,
-        "task": f"{task} segmentation ({label_name}) of {modality} images with a SAM-family model tuned by "
+        "task": f"{task} segmentation ({label_name if not num_classes else f'{num_classes - 1} classes'}) of {modality} images with a SAM-family model tuned by "
                 f"{meta['tuner']}",
         "description": f"{meta['backbone']} + {meta['tuner']} adapter ({report.get('trainable', 'n/a')} trainable "
                        f"parameters) trained on {run.get('dataset', 'user data')} ({modality}); prompt: "
@@ -289,7 +317,7 @@ def export_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, adapte
         "data_source": f"{run.get('dataset', 'user data')}" + (f" ({data_meta['source']})" if data_meta.get("source") else ""),
         "data_type": data_type,
         "image_classes": f"{modality}, 3 channels (grey images repeated), intensities scaled to [0, 1]",
-        "label_classes": f"0 background, 1 {label_name}",
+        "label_classes": label_text,
         "eval_metrics": evaluation["metrics"],
         "intended_use": f"Research: {label_name} segmentation in {modality} images like those of "
                         f"{run.get('dataset', 'its training data')}; not for clinical use",
@@ -302,8 +330,8 @@ def export_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, adapte
                                  "channel_def": {"0": "R", "1": "G", "2": "B"}}},
             "outputs": {"pred": {"type": "image", "format": "segmentation", "num_channels": 1,
                                  "spatial_shape": [image_size, image_size], "dtype": "float32",
-                                 "value_range": [0, 1], "is_patch_data": False,
-                                 "channel_def": {"0": "background", "1": label_name}}},
+                                 "value_range": [0, len(channel_def) - 1], "is_patch_data": False,
+                                 "channel_def": {str(i): n for i, n in channel_def.items()}}},
         },
     }
     (out_dir / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2))

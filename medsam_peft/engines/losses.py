@@ -71,20 +71,36 @@ class MaskClassificationLoss(nn.Module):
 
     Targets are one mask per class present in an image's label map (background included: it is a class);
     ``ignore_index`` pixels take part in neither the matching nor the losses. Matching costs are
-    ``cost_class * -p(class) + cost_mask * BCE + cost_dice * Dice``. Mask terms are evaluated on ``num_points``
-    pixels drawn uniformly per image (Mask2Former samples 12,544 points, with importance sampling that is not
-    reproduced here); ``None`` uses every pixel.
+    ``cost_class * -p(class) + cost_mask * BCE + cost_dice * Dice`` on ``num_points`` valid pixels drawn uniformly
+    per image (Mask2Former: 12,544). The mask terms of the matched pairs use Mask2Former's importance sampling
+    (``get_uncertain_point_coords_with_randomness``): per matched mask, ``oversample_ratio x num_points`` candidate
+    pixels, the ``importance_sample_ratio`` share of ``num_points`` with the least confident logits (-|logit|) plus
+    uniformly drawn pixels for the rest. Points are pixels of the label grid (Mask2Former interpolates at
+    continuous coordinates; masks here are already at the label's size). ``num_points=None`` uses every valid
+    pixel for both; ``oversample_ratio=1, importance_sample_ratio=0`` samples the mask terms uniformly.
+
+    ``matching="by_class"`` replaces the Hungarian assignment by the fixed one of class-conditioned queries
+    (``query_init="class"``): query ``c`` is matched to class ``c`` wherever the image holds it.
 
     Input: ``{"masks": (B, Q, H, W) logits, "classes": (B, Q, C + 1) logits}`` and a label map (B, 1, H, W).
     """
 
     def __init__(self, num_classes: int, no_object_weight: float = 0.1, cost_class: float = 1.0,
                  cost_mask: float = 5.0, cost_dice: float = 5.0, num_points: int | None = 12544,
-                 ignore_index: int = 255) -> None:
+                 oversample_ratio: float = 3.0, importance_sample_ratio: float = 0.75,
+                 matching: str = "hungarian", ignore_index: int = 255) -> None:
         super().__init__()
+        if matching not in ("hungarian", "by_class"):
+            raise ValueError(f"matching must be 'hungarian' or 'by_class', got {matching!r}")
+        self.matching = matching
+        if oversample_ratio < 1 or not 0 <= importance_sample_ratio <= 1:
+            raise ValueError(f"need oversample_ratio >= 1 and 0 <= importance_sample_ratio <= 1, got "
+                             f"{oversample_ratio} and {importance_sample_ratio}")
         self.num_classes = int(num_classes)
         self.costs = (float(cost_class), float(cost_mask), float(cost_dice))
         self.num_points = num_points
+        self.oversample_ratio = float(oversample_ratio)
+        self.importance_sample_ratio = float(importance_sample_ratio)
         self.ignore_index = ignore_index
         weight = torch.ones(self.num_classes + 1)
         weight[-1] = no_object_weight
@@ -94,24 +110,29 @@ class MaskClassificationLoss(nn.Module):
         """(classes present, their masks over the sampled valid pixels, the sampled pixel indices)."""
         flat = label.reshape(-1).long()
         valid = (flat != self.ignore_index).nonzero().squeeze(1)
+        classes = torch.unique(flat[valid])  # from every pixel: a small structure is a target even if unsampled
         if self.num_points is not None and valid.numel() > self.num_points:
             valid = valid[torch.randint(valid.numel(), (self.num_points,), device=valid.device)]
         values = flat[valid]
-        classes = torch.unique(values)
         if classes.numel() and int(classes.max()) >= self.num_classes:
             raise ValueError(f"label holds class {int(classes.max())} but num_classes={self.num_classes} "
                              f"(ids must be 0..{self.num_classes - 1}, {self.ignore_index} = ignore)")
         return classes, (values[None, :] == classes[:, None]).float(), valid
 
     def match(self, mask_logits: torch.Tensor, class_logits: torch.Tensor, label: torch.Tensor
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Hungarian matching for one image: (query indices, target classes, target masks, sampled logits)."""
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hungarian matching for one image: (matched query indices, their target classes)."""
         from scipy.optimize import linear_sum_assignment
 
         classes, target_masks, pixels = self._targets(label)
         if classes.numel() > mask_logits.shape[0]:
             raise ValueError(f"an image holds {classes.numel()} classes but the decoder has only "
                              f"{mask_logits.shape[0]} queries; raise mask_tokens")
+        if self.matching == "by_class":
+            if mask_logits.shape[0] != self.num_classes:
+                raise ValueError(f"matching='by_class' needs one query per class: {mask_logits.shape[0]} queries "
+                                 f"for num_classes={self.num_classes}")
+            return classes, classes
         logits = mask_logits.reshape(mask_logits.shape[0], -1)[:, pixels]
         with torch.no_grad():
             bce, dice = _pairwise_mask_costs(logits.float(), target_masks)
@@ -119,7 +140,24 @@ class MaskClassificationLoss(nn.Module):
             cost = self.costs[0] * cost_class + self.costs[1] * bce + self.costs[2] * dice
             rows, cols = linear_sum_assignment(cost.cpu().numpy())
         rows, cols = torch.as_tensor(rows, device=logits.device), torch.as_tensor(cols, device=logits.device)
-        return rows, classes[cols], target_masks[cols], logits[rows]
+        return rows, classes[cols]
+
+    def sample_points(self, logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(M, P) pixel indices per matched mask: the least confident of oversampled candidates + uniform ones."""
+        if self.num_points is None:
+            return valid.expand(logits.shape[0], -1)
+        def uniform(count: int) -> torch.Tensor:
+            return valid[torch.randint(valid.numel(), (logits.shape[0], count), device=valid.device)]
+        uncertain = int(self.importance_sample_ratio * self.num_points)
+        chosen = []
+        if uncertain:
+            candidates = uniform(int(self.oversample_ratio * self.num_points))
+            with torch.no_grad():
+                confidence = logits.detach().gather(1, candidates).abs()
+            chosen.append(candidates.gather(1, confidence.topk(uncertain, dim=1, largest=False).indices))
+        if self.num_points - uncertain:
+            chosen.append(uniform(self.num_points - uncertain))
+        return torch.cat(chosen, dim=1)
 
     def forward(self, pred: dict[str, torch.Tensor], label: torch.Tensor) -> torch.Tensor:
         masks, class_logits = pred["masks"].float(), pred["classes"].float()
@@ -128,12 +166,17 @@ class MaskClassificationLoss(nn.Module):
         bce_sum = dice_sum = masks.new_zeros(())
         num_masks = 0
         for b in range(batch):
-            rows, classes, target_masks, matched_logits = self.match(masks[b], class_logits[b], label[b])
+            rows, classes = self.match(masks[b], class_logits[b], label[b])
             class_targets[b, rows] = classes
             if rows.numel():
+                flat = label[b].reshape(-1).long()
+                logits = masks[b].reshape(queries, -1)[rows]
+                points = self.sample_points(logits, (flat != self.ignore_index).nonzero().squeeze(1))
+                point_logits = logits.gather(1, points)
+                target_masks = (flat[points] == classes[:, None]).float()
                 bce_sum = bce_sum + F.binary_cross_entropy_with_logits(
-                    matched_logits, target_masks, reduction="none").mean(-1).sum()
-                prob = matched_logits.sigmoid()
+                    point_logits, target_masks, reduction="none").mean(-1).sum()
+                prob = point_logits.sigmoid()
                 dice = 1 - (2 * (prob * target_masks).sum(-1) + 1) / (prob.sum(-1) + target_masks.sum(-1) + 1)
                 dice_sum = dice_sum + dice.sum()
                 num_masks += int(rows.numel())

@@ -130,9 +130,13 @@ def dice_score(pred: np.ndarray | torch.Tensor, label: np.ndarray | torch.Tensor
     return math.nan if total == 0 else float(2 * (pred & label).sum() / total)
 
 
+SEMANTIC_REDUCTIONS = ("miou", "foreground_miou", "pixel_accuracy")
+
+
 class SemanticSegmentationMetric(Metric):
     """Dataset-accumulated multi-class scores (Trans10K table): ``reduction`` ``"miou"`` (mean over all
     ``num_classes`` classes, background included, IoU_c = I_c / (U_c + 2.22e-16), as Trans2Seg's ``score.py``),
+    ``"foreground_miou"`` (the mean over classes 1..C-1: what a task whose background dominates reports),
     ``"pixel_accuracy"`` or a class index (that class's IoU).
 
     Inputs: ``(pred, label)`` class-id maps of the same shape per item. Pixels labelled ``ignore_index`` are left
@@ -141,8 +145,9 @@ class SemanticSegmentationMetric(Metric):
 
     def __init__(self, num_classes: int, reduction: str | int = "miou", ignore_index: int = 255,
                  output_transform: Callable = lambda x: x, device: str | torch.device = "cpu") -> None:
-        if not (reduction in ("miou", "pixel_accuracy") or (isinstance(reduction, int) and 0 <= reduction < num_classes)):
-            raise ValueError(f"reduction must be 'miou', 'pixel_accuracy' or a class index < {num_classes}, got {reduction!r}")
+        if not (reduction in SEMANTIC_REDUCTIONS or (isinstance(reduction, int) and 0 <= reduction < num_classes)):
+            raise ValueError(f"reduction must be one of {SEMANTIC_REDUCTIONS} or a class index < {num_classes}, "
+                             f"got {reduction!r}")
         self.num_classes = int(num_classes)
         self.reduction = reduction
         self.ignore_index = ignore_index
@@ -177,4 +182,8 @@ class SemanticSegmentationMetric(Metric):
         if self.reduction == "pixel_accuracy":
             return float(self.confusion.diag().sum() / self.confusion.sum())
         iou = self.class_iou()
-        return float(iou.mean()) if self.reduction == "miou" else float(iou[self.reduction])
+        if self.reduction == "miou":
+            return float(iou.mean())
+        if self.reduction == "foreground_miou":
+            return float(iou[1:].mean())
+        return float(iou[self.reduction])

@@ -120,6 +120,7 @@ SETTINGS: dict[str, Check] = {
     "tuner_options": mapping,
     "mask_tokens": _mask_tokens,
     "num_classes": _num_classes,
+    "query_init": one_of("class", "perturbed", "token0", None),
     "image_size": integer(16),
     "squash": boolean,
     "max_epochs": integer(1),
@@ -165,19 +166,20 @@ def _check_tuner_options(settings: Mapping[str, Any]) -> None:
 
 def _check_decoder_shape(settings: Mapping[str, Any]) -> None:
     """num_classes needs explicit query tokens: checked here so a bad pair fails before the model is built."""
-    tokens, classes = settings.get("mask_tokens"), settings.get("num_classes")
+    from medsam_peft.models.promptable_sam import DEFAULT_QUERY_INIT, check_decoder_shape
+
+    tokens, classes, query_init = settings.get("mask_tokens"), settings.get("num_classes"), settings.get("query_init")
     if classes is None or (tokens == "reference" and "tuner" not in settings):
         return
     if tokens == "reference":
         from medsam_peft.tuners.registry import get_tuner_classes
 
-        tokens = get_tuner_classes(settings["tuner"])[0].reference_mask_tokens
-    from medsam_peft.models.promptable_sam import check_decoder_shape
-
+        one_per_class = (query_init or DEFAULT_QUERY_INIT) == "class"
+        tokens = None if one_per_class else get_tuner_classes(settings["tuner"])[0].reference_mask_tokens
     try:
-        check_decoder_shape(tokens, classes)
+        check_decoder_shape(tokens, classes, query_init)
     except ConfigError as err:
-        raise ConfigError(f"settings 'mask_tokens' / 'num_classes': {err}") from None
+        raise ConfigError(f"settings 'mask_tokens' / 'num_classes' / 'query_init': {err}") from None
 
 
 def _check_image_size(settings: Mapping[str, Any]) -> None:

@@ -102,22 +102,27 @@ def train_key_metric(num_classes: int | None = None) -> dict[str, Any]:
     return {"train_mean_dice": MeanDice(include_background=True, output_transform=transform)}
 
 
-def semantic_metrics(num_classes: int, class_names: list[str] | None = None, key: bool = False,
-                     prefix: str = "val") -> dict[str, Any]:
-    """Multi-class validation metrics (the Trans10K table): ``key=True`` gives ``{prefix_miou}``, else pixel accuracy
-    and one IoU per class, named ``prefix_iou_<class name>`` (``class_<i>`` without names)."""
+def semantic_metrics(num_classes: int, class_names: list[str] | None = None, key: bool | str = False,
+                     prefix: str = "val", without: str | None = None) -> dict[str, Any]:
+    """Multi-class validation metrics (the Trans10K table). ``key``: ``True`` gives ``{prefix_miou}``, a name
+    (``val_miou`` / ``val_foreground_miou``) that metric; else pixel accuracy, mIoU, foreground mIoU and one IoU per
+    class, named ``prefix_iou_<class name>`` (``class_<i>`` without names), leaving out ``without`` (the key)."""
     from monai.handlers import from_engine
 
-    from medsam_peft.engines.metrics import SemanticSegmentationMetric
+    from medsam_peft.engines.metrics import SEMANTIC_REDUCTIONS, SemanticSegmentationMetric
 
     transform = from_engine(["pred", "label"])
     if key:
-        return {f"{prefix}_miou": SemanticSegmentationMetric(num_classes, "miou", output_transform=transform)}
+        reduction = "miou" if key is True else str(key).removeprefix(f"{prefix}_")
+        if reduction not in SEMANTIC_REDUCTIONS:
+            raise ValueError(f"key metric {key!r} is none of {[f'{prefix}_{r}' for r in SEMANTIC_REDUCTIONS]}")
+        return {f"{prefix}_{reduction}": SemanticSegmentationMetric(num_classes, reduction, output_transform=transform)}
     names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
     if len(names) != num_classes:
         raise ValueError(f"{len(names)} class names for num_classes={num_classes}: {names}")
     metrics: dict[str, Any] = {
-        f"{prefix}_pixel_accuracy": SemanticSegmentationMetric(num_classes, "pixel_accuracy", output_transform=transform)}
+        f"{prefix}_{reduction}": SemanticSegmentationMetric(num_classes, reduction, output_transform=transform)
+        for reduction in ("pixel_accuracy", "miou", "foreground_miou") if f"{prefix}_{reduction}" != without}
     for index, name in enumerate(names):
         metrics[f"{prefix}_iou_{name}"] = SemanticSegmentationMetric(num_classes, index, output_transform=transform)
     return metrics

@@ -62,7 +62,7 @@ PROMPT_RECIPES = {
 # Keys of configs/train.json's 'defaults' a generated training config takes unchanged.
 INHERITED_DEFAULTS = ("squash", "accumulation_steps", "weight_decay", "max_grad_norm", "trunk_cache",
                       "activation_checkpointing", "attention", "cpu_allocator", "distributed", "train_augmentation",
-                      "mask_threshold", "num_classes", "clicks", "box_probability", "max_corrections",
+                      "mask_threshold", "num_classes", "query_init", "clicks", "box_probability", "max_corrections",
                       "centre_probability", "supervise_every_round")
 # Sections of configs/train.json every bundle pulls in (bundles/conv_lora_demo.json does the same).
 WORKFLOW_SECTIONS = ("network", "optimizer", "lr_scheduler", "inferer", "postprocessing", "train", "validate",
@@ -259,7 +259,7 @@ def training_config(configs: Path, adapter: Path, inference: dict[str, Any], set
                         "tuner_options": "@tuner_options", "trunk_cache": "@trunk_cache",
                         "activation_checkpointing": "@activation_checkpointing", "attention": "@attention",
                         "mask_tokens": "@mask_tokens", "num_classes": "@num_classes",
-                        "adapter": str(adapter) if settings["pretrained"] else None},
+                        "query_init": "@query_init", "adapter": str(adapter) if settings["pretrained"] else None},
         **{section: train + section for section in WORKFLOW_SECTIONS},
     }
     return config

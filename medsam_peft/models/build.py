@@ -118,6 +118,7 @@ def build_sam(
     cache_dir: str | None = None,
     mask_tokens: int | None = None,
     num_classes: int | None = None,
+    query_init: str | None = None,
 ) -> PromptableSam:
     """Build a SAM-family model; random initialisation when ``checkpoint`` is None.
 
@@ -128,7 +129,7 @@ def build_sam(
             positional embeddings of a checkpoint trained at another size are interpolated on load.
         device: where to allocate; ``"meta"`` builds the structure without allocating weights (for counting).
         cache_dir: where release checkpoints are downloaded.
-        mask_tokens, num_classes: the decoder shape (``PromptableSam.set_decoder_shape``), applied after the
+        mask_tokens, num_classes, query_init: the decoder shape (``PromptableSam.set_decoder_shape``), applied after the
             checkpoint is loaded so that new tokens start from the pretrained token 0. The defaults keep SAM's decoder.
     """
     from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
@@ -141,7 +142,7 @@ def build_sam(
         raise ConfigError(f"image_size must be a multiple of {spec.patch_size} for {backbone}, got {size}")
     if str(device) == "meta" and checkpoint is not None:
         raise ValueError("a checkpoint cannot be loaded into a model built on the meta device")
-    check_decoder_shape(mask_tokens, num_classes)  # before a checkpoint download or load
+    check_decoder_shape(mask_tokens, num_classes, query_init)  # before a checkpoint download or load
     path = resolve_checkpoint(backbone, checkpoint, cache_dir)
     grid = size // spec.patch_size
     with torch.device(device if device is not None else "cpu"):
@@ -168,5 +169,5 @@ def build_sam(
         )
     if path is not None:
         load_checkpoint_into(model, path, backbone)
-    model.set_decoder_shape(mask_tokens, num_classes)
+    model.set_decoder_shape(mask_tokens, num_classes, query_init)
     return model.eval()

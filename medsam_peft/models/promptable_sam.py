@@ -22,6 +22,9 @@ from medsam_peft.utils.graph_capture import graph_capture
 _IMAGENET_MEAN = (123.675 / 255.0, 116.28 / 255.0, 103.53 / 255.0)
 _IMAGENET_STD = (58.395 / 255.0, 57.12 / 255.0, 57.375 / 255.0)
 PIXEL_NORMALIZATIONS = ("imagenet", "unit")
+# How the multi-class decoder's queries start (set_semantic_queries). "token0" is the Conv-LoRA reference.
+QUERY_INITS = ("class", "perturbed", "token0")
+DEFAULT_QUERY_INIT = "class"
 
 
 class PromptableSam(nn.Module):
@@ -234,7 +237,8 @@ class PromptableSam(nn.Module):
         """Multi-class decoder (prompt-free): low-resolution mask logits (B, N, S/4, S/4), class logits (B, N, C+1).
 
         SAM's ``MaskDecoder.predict_masks`` with N query tokens and one shared hypernetwork MLP (the Conv-LoRA
-        reference); all images share the same tokens, so the two-way transformer runs on the whole batch at once.
+        reference) or one MLP per query (``query_init="class"``); all images share the same tokens, so the two-way
+        transformer runs on the whole batch at once.
         """
         decoder = self.mask_decoder
         batch = embeddings.shape[0]
@@ -246,7 +250,11 @@ class PromptableSam(nn.Module):
         queries = hs[:, 1 : 1 + decoder.num_mask_tokens, :]
         b, c, h, w = embeddings.shape
         upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
-        hyper = decoder.output_hypernetworks_mlps[0](queries)  # (B, N, C') : one MLP shared by every query
+        mlps = decoder.output_hypernetworks_mlps
+        if len(mlps) == 1:
+            hyper = mlps[0](queries)  # (B, N, C'): one MLP shared by every query
+        else:
+            hyper = torch.stack([mlp(queries[:, i]) for i, mlp in enumerate(mlps)], dim=1)
         masks = (hyper @ upscaled.flatten(2)).reshape(b, -1, *upscaled.shape[-2:])
         return masks, decoder.output_classifier(queries)
 
@@ -307,48 +315,83 @@ class PromptableSam(nn.Module):
             return {"masks": masks, "classes": classes}
         return self.forward_with_low_res(image, boxes, points, point_labels, mask_inputs)[0]
 
-    def set_decoder_shape(self, mask_tokens: int | None = None, num_classes: int | None = None) -> None:
+    def set_decoder_shape(self, mask_tokens: int | None = None, num_classes: int | None = None,
+                          query_init: str | None = None) -> None:
         """Shape the mask decoder for a task before tuning: a structural choice of the model, not of any tuner.
 
         Args:
             mask_tokens: mask tokens (and hypernetwork MLPs) to keep, each initialised from the pretrained token 0;
-                ``None`` keeps SAM's four (multimask output). The Conv-LoRA reference decodes a binary task with 1.
+                ``None`` keeps SAM's four (multimask output), or with ``num_classes`` and ``query_init="class"``
+                one query per class. The Conv-LoRA reference decodes a binary task with 1.
             num_classes: classes including the background for multi-class semantic segmentation: the decoder
                 becomes ``mask_tokens`` class-agnostic queries with a class head (``set_semantic_queries``).
+            query_init: how the multi-class queries start (``set_semantic_queries``); ``None``: the default,
+                ``"class"``. Ignored without ``num_classes``.
         """
-        check_decoder_shape(mask_tokens, num_classes)
+        check_decoder_shape(mask_tokens, num_classes, query_init)
         if num_classes is not None:
-            self.set_semantic_queries(int(mask_tokens), int(num_classes))  # type: ignore[arg-type]
+            queries = num_classes if mask_tokens is None else mask_tokens  # null: one per class ("class" mode)
+            self.set_semantic_queries(int(queries), int(num_classes), query_init or DEFAULT_QUERY_INIT)
         elif mask_tokens is not None:
             self.set_mask_tokens(int(mask_tokens))
 
     @property
-    def decoder_shape(self) -> dict[str, int | None]:
+    def query_init(self) -> str | None:
+        """How the multi-class queries were initialised (``None`` for SAM's mask decoder)."""
+        return getattr(self.mask_decoder, "query_init", None) if self.num_classes is not None else None
+
+    @property
+    def decoder_shape(self) -> dict[str, int | str | None]:
         """What ``set_decoder_shape`` made of this decoder, as adapter files record it."""
-        return {"mask_tokens": self.num_mask_tokens, "num_classes": self.num_classes}
+        shape: dict[str, int | str | None] = {"mask_tokens": self.num_mask_tokens, "num_classes": self.num_classes}
+        if self.num_classes is not None:
+            shape["query_init"] = self.query_init
+        return shape
 
-    def set_semantic_queries(self, num_queries: int, num_classes: int) -> None:
-        """Switch to the Conv-LoRA multi-class decoder (MaskFormer-style set prediction on SAM's decoder).
+    def set_semantic_queries(self, num_queries: int, num_classes: int, query_init: str = DEFAULT_QUERY_INIT) -> None:
+        """Switch to the multi-class decoder (MaskFormer-style set prediction on SAM's decoder).
 
-        ``num_queries`` class-agnostic mask tokens, each initialised from the pretrained token 0; the pretrained
-        hypernetwork MLP 0 is shared by all of them; a new ``Linear(C_dec, num_classes + 1)`` class head
-        (``mask_decoder.output_classifier``, PyTorch's default init) scores each query, the last index meaning "no
-        object". ``num_classes`` counts the background. Adds (N - 1) x 256 + 257 x (C + 1) parameters over the
-        single-token decoder.
+        ``num_queries`` mask tokens scored by a new ``Linear(C_dec, num_classes + 1)`` class head
+        (``mask_decoder.output_classifier``, PyTorch's default init), the last index meaning "no object";
+        ``num_classes`` counts the background. ``query_init``:
+
+        - ``"token0"``: the Conv-LoRA reference. Every query is a copy of the pretrained mask token 0 and the
+          pretrained hypernetwork MLP 0 is shared by all of them: (N - 1) x 256 + 257 x (C + 1) parameters over
+          the single-token decoder. The queries are identical, so only the Hungarian assignment separates them.
+        - ``"perturbed"``: the same decoder, each query token 0 plus Gaussian noise of the pretrained tokens' std,
+          so that the queries differ from the first step (same parameter count as ``"token0"``).
+        - ``"class"`` (default): one query per class (``num_queries == num_classes``), query ``c`` always matched
+          to class ``c`` (``MaskClassificationLoss(matching="by_class")``), starting from SAM's mask token
+          ``c mod 4`` plus that noise, each with its own copy of the pretrained hypernetwork MLP 0 (SAMed-style
+          per-class tokens): a query learns one structure instead of competing for all of them.
         """
+        if query_init not in QUERY_INITS:
+            raise ConfigError(f"query_init must be one of {QUERY_INITS}, got {query_init!r}")
         if num_queries < 1 or num_classes < 2:
             raise ValueError(f"need num_queries >= 1 and num_classes >= 2, got {num_queries} and {num_classes}")
+        if query_init == "class" and num_queries != num_classes:
+            raise ConfigError(f"query_init 'class' holds one query per class: mask_tokens must equal num_classes "
+                              f"({num_classes}), got {num_queries}")
         decoder = self.mask_decoder
-        pretrained_token = decoder.mask_tokens.weight[0:1].detach()
-        dim = pretrained_token.shape[1]
-        tokens = nn.Embedding(num_queries, dim, device=pretrained_token.device, dtype=pretrained_token.dtype)
+        pretrained = decoder.mask_tokens.weight.detach()
+        dim = pretrained.shape[1]
+        tokens = nn.Embedding(num_queries, dim, device=pretrained.device, dtype=pretrained.dtype)
         with torch.no_grad():
-            tokens.weight.copy_(pretrained_token.expand(num_queries, -1))
+            if query_init == "token0":
+                tokens.weight.copy_(pretrained[0:1].expand(num_queries, -1))
+            else:
+                start = pretrained[torch.arange(num_queries) % pretrained.shape[0]] if query_init == "class" \
+                    else pretrained[0:1].expand(num_queries, -1)
+                noise = torch.randn(num_queries, dim, device=pretrained.device, dtype=pretrained.dtype)
+                tokens.weight.copy_(start + noise * pretrained.float().std().to(pretrained.dtype))
+        first_mlp = decoder.output_hypernetworks_mlps[0]
+        mlps = [first_mlp] + [copy.deepcopy(first_mlp) for _ in range(num_queries - 1)] if query_init == "class" \
+            else [first_mlp]
         decoder.mask_tokens = tokens
-        decoder.output_hypernetworks_mlps = nn.ModuleList([decoder.output_hypernetworks_mlps[0]])
+        decoder.output_hypernetworks_mlps = nn.ModuleList(mlps)
         decoder.num_mask_tokens = num_queries
-        decoder.output_classifier = nn.Linear(dim, num_classes + 1, device=pretrained_token.device,
-                                              dtype=pretrained_token.dtype)
+        decoder.query_init = query_init
+        decoder.output_classifier = nn.Linear(dim, num_classes + 1, device=pretrained.device, dtype=pretrained.dtype)
 
     def set_mask_tokens(self, num_tokens: int) -> None:
         """Keep ``num_tokens`` mask tokens and hypernetwork MLPs, each initialised from the pretrained token 0.
@@ -373,8 +416,12 @@ class PromptableSam(nn.Module):
         decoder.num_mask_tokens = num_tokens
 
 
-def check_decoder_shape(mask_tokens: int | None, num_classes: int | None) -> None:
-    """Raise ``ConfigError`` naming the setting when ``mask_tokens`` / ``num_classes`` cannot shape a decoder."""
+def check_decoder_shape(mask_tokens: int | None, num_classes: int | None, query_init: str | None = None) -> None:
+    """Raise ``ConfigError`` naming the setting when ``mask_tokens`` / ``num_classes`` / ``query_init`` cannot
+    shape a decoder."""
+    if query_init is not None and query_init not in QUERY_INITS:
+        raise ConfigError(f"query_init must be one of {QUERY_INITS} or null (the default, {DEFAULT_QUERY_INIT!r}), "
+                          f"got {query_init!r}")
     for key, value in (("mask_tokens", mask_tokens), ("num_classes", num_classes)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ConfigError(f"{key} must be an integer or null, got {value!r}")
@@ -383,7 +430,12 @@ def check_decoder_shape(mask_tokens: int | None, num_classes: int | None) -> Non
     if num_classes is not None:
         if num_classes < 2:
             raise ConfigError(f"num_classes counts the background and must be >= 2, got {num_classes}")
-        if mask_tokens is None or mask_tokens < 2:
+        if (query_init or DEFAULT_QUERY_INIT) == "class":
+            if mask_tokens is not None and mask_tokens != num_classes:
+                raise ConfigError(f"query_init 'class' holds one query per class: mask_tokens must be null or equal "
+                                  f"num_classes ({num_classes}), got {mask_tokens}; the Hungarian-matched modes "
+                                  "('token0', 'perturbed') take any mask_tokens")
+        elif mask_tokens is None or mask_tokens < 2:
             raise ConfigError(
                 f"num_classes={num_classes} needs mask_tokens = the number of queries, at least the most classes one "
                 f"image holds (the Conv-LoRA reference uses 10); got mask_tokens={mask_tokens}"

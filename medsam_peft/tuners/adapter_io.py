@@ -97,15 +97,22 @@ def adapter_metadata(model: TunedSam) -> dict[str, Any]:
     }
 
 
-def decoder_shape_of(meta: dict[str, Any]) -> dict[str, int | None]:
+def decoder_shape_of(meta: dict[str, Any]) -> dict[str, int | str | None]:
     """The decoder an adapter was trained with. Files from before the shape became a model option (0.x, no
     ``decoder`` entry) kept it in the tuner options (always written there), a null ``mask_tokens`` meaning SAM's
-    four (every backbone's decoder has four)."""
+    four (every backbone's decoder has four). Multi-class files from before ``query_init`` hold the reference's
+    queries (``"token0"``)."""
     if isinstance(meta.get("decoder"), dict):
-        return {"mask_tokens": meta["decoder"].get("mask_tokens"), "num_classes": meta["decoder"].get("num_classes")}
-    options = meta.get("options", {})
-    tokens = options.get("mask_tokens")
-    return {"mask_tokens": 4 if tokens is None else int(tokens), "num_classes": options.get("num_classes")}
+        decoder = meta["decoder"]
+        shape = {"mask_tokens": decoder.get("mask_tokens"), "num_classes": decoder.get("num_classes")}
+    else:
+        options = meta.get("options", {})
+        tokens = options.get("mask_tokens")
+        decoder = {}
+        shape = {"mask_tokens": 4 if tokens is None else int(tokens), "num_classes": options.get("num_classes")}
+    if shape["num_classes"] is not None:
+        shape["query_init"] = decoder.get("query_init", "token0")
+    return shape
 
 
 def tuner_options_of(meta: dict[str, Any]) -> dict[str, Any]:

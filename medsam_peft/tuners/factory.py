@@ -13,7 +13,7 @@ from medsam_peft.models.activation_checkpointing import set_activation_checkpoin
 from medsam_peft.models.attention import ATTENTION_BACKENDS, set_attention_backend
 from medsam_peft.models.build import build_sam
 from medsam_peft.models.embedding_cache import TrunkEmbeddingCache
-from medsam_peft.models.promptable_sam import PromptableSam
+from medsam_peft.models.promptable_sam import DEFAULT_QUERY_INIT, PromptableSam
 from medsam_peft.tuners.adapter_io import (
     decoder_shape_of,
     load_adapter,
@@ -46,6 +46,7 @@ def build_tuned_sam(
     attention: str = "auto",
     mask_tokens: int | None | str = "reference",
     num_classes: int | None = None,
+    query_init: str | None = None,
 ) -> TunedSam:
     """Build ``backbone`` (from ``checkpoint``), apply ``tuner`` and optionally load an adapter file.
 
@@ -56,7 +57,10 @@ def build_tuned_sam(
         mask_tokens: mask tokens to keep (``None``: SAM's four; ``"reference"``: the decoder the tuner's paper
             counts with, ``TunerConfig.reference_mask_tokens``: 1 for Conv-LoRA and its baselines, SAM's four for
             SAM-PARSER, FacT and full fine-tuning).
-        num_classes: classes with the background for the multi-class decoder (needs ``mask_tokens`` queries).
+        num_classes: classes with the background for the multi-class decoder.
+        query_init: its queries (``PromptableSam.set_semantic_queries``): ``"class"`` (default: one query per
+            class, ``mask_tokens`` null or ``num_classes``; "reference" means that here), ``"perturbed"`` or
+            ``"token0"`` (the Conv-LoRA reference; both Hungarian-matched, ``mask_tokens`` queries).
 
     Fast paths (README "Performance"):
         trunk_cache: "off"; "auto" (in-memory cache when the tuner leaves the encoder trunk frozen, else off);
@@ -70,11 +74,12 @@ def build_tuned_sam(
     """
     config = make_tuner_config(tuner, **(tuner_options or {}))
     if mask_tokens == "reference":
-        mask_tokens = config.reference_mask_tokens
+        one_per_class = num_classes is not None and (query_init or DEFAULT_QUERY_INIT) == "class"
+        mask_tokens = None if one_per_class else config.reference_mask_tokens
     elif isinstance(mask_tokens, str):
         raise ConfigError(f"mask_tokens must be an integer, null (SAM's four) or 'reference', got {mask_tokens!r}")
     model = build_sam(backbone, checkpoint, image_size=image_size, device=device, mask_tokens=mask_tokens,
-                      num_classes=num_classes)
+                      num_classes=num_classes, query_init=query_init)
     tuned = get_tuned_model(model, config)
     if adapter is not None:
         load_adapter(tuned, adapter)
@@ -100,4 +105,5 @@ def load_tuned_sam(
     return build_tuned_sam(
         meta["backbone"], checkpoint, tuner_options_of(meta), image_size=meta["image_size"], adapter=adapter,
         device=device, mask_tokens=shape["mask_tokens"], num_classes=shape["num_classes"],
+        query_init=shape.get("query_init"),
     )

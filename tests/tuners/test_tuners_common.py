@@ -318,7 +318,7 @@ def test_decoder_shape_is_recorded_and_checked(tmp_path) -> None:
     with pytest.raises(ConfigError, match="mask_tokens is not a tuner option.*top-level setting 'mask_tokens'"):
         make_tuner_config("lora", mask_tokens=1)
     with pytest.raises(ConfigError, match="num_classes=3 needs mask_tokens"):
-        build_sam("vit_tiny", num_classes=3)
+        build_sam("vit_tiny", num_classes=3, query_init="token0")
     # "reference": the decoder each paper counts with (Conv-LoRA's single token, SAM-PARSER's four)
     assert build_tuned_sam("vit_tiny", None, "conv_lora").model.num_mask_tokens == 1
     assert build_tuned_sam("vit_tiny", None, "sam_parser").model.num_mask_tokens == 4
@@ -329,8 +329,10 @@ def test_decoder_shape_is_recorded_and_checked(tmp_path) -> None:
 def test_adapters_written_before_the_decoder_moved_keep_loading(tokens, classes, tmp_path) -> None:
     """0.x files kept mask_tokens / num_classes among the tuner options (null = SAM's four): they load unchanged."""
     torch.manual_seed(0)
-    trained = get_tuned_model(build_sam("vit_tiny", mask_tokens=tokens, num_classes=classes), "lora", r=2,
-                              init_weights=False).eval()
+    # multi-class files of that time hold the reference's queries: read back as query_init "token0"
+    query_init = "token0" if classes else None
+    base = build_sam("vit_tiny", mask_tokens=tokens, num_classes=classes, query_init=query_init)
+    trained = get_tuned_model(base, "lora", r=2, init_weights=False).eval()
     payload = read_adapter(save_adapter(trained, tmp_path / "new.pt"))
     meta = dict(payload["metadata"])
     decoder = meta.pop("decoder")

@@ -202,7 +202,13 @@ class LoadVolume(Transform):
                           meta=meta)
 
 class SaveMask(Transform):
-    """Write a (1, H, W) (or (H, W)) mask thresholded at 0.5 as a {0, 255} PNG, atomically; returns the path."""
+    """Write a (1, H, W) (or (H, W)) mask thresholded at 0.5 as a {0, 255} PNG, atomically; returns the path.
+
+    ``label_map=True`` writes class ids (0..255) unchanged instead: the multi-class masks ``LoadImageMask``'s
+    ``multiclass`` mode reads back."""
+
+    def __init__(self, label_map: bool = False) -> None:
+        self.label_map = label_map
 
     def __call__(self, mask: torch.Tensor, path: str | os.PathLike) -> Path:
         import io
@@ -211,9 +217,15 @@ class SaveMask(Transform):
 
         from medsam_peft.utils.atomic_io import atomic_write_bytes
 
-        plane = torch.as_tensor(mask).detach().cpu().reshape(mask.shape[-2:]).numpy() > 0.5
+        plane = torch.as_tensor(mask).detach().cpu().reshape(mask.shape[-2:]).numpy()
+        if self.label_map:
+            if plane.min() < 0 or plane.max() > 255:
+                raise ValueError(f"class ids must lie in 0..255 for a PNG label map, got {plane.min()}..{plane.max()}")
+            pixels = np.rint(plane).astype(np.uint8)
+        else:
+            pixels = ((plane > 0.5) * 255).astype(np.uint8)
         buffer = io.BytesIO()
-        Image.fromarray((plane * 255).astype(np.uint8)).save(buffer, format="PNG")
+        Image.fromarray(pixels).save(buffer, format="PNG")
         return atomic_write_bytes(path, buffer.getvalue())
 
 

@@ -73,13 +73,14 @@ class SaveMaskd(MapTransform):
     that of the file behind ``name_key`` (its ``filename_or_obj``): the image for inference, the ground-truth mask in
     evaluation (several structures can share one image); a ``name`` field in the sample overrides it. The path is
     stored under ``<key>_file``. A mask with C > 1 channels (the click protocol's box + clicks output) is written as
-    C files ``<stem>_<postfix>_ch<c>.png``, their paths stored as a list."""
+    C files ``<stem>_<postfix>_ch<c>.png``, their paths stored as a list. ``label_map=True``: class-id maps
+    (``SaveMask``)."""
 
     def __init__(self, keys: KeysCollection, output_dir: str, name_key: str = "image", postfix: str = "pred",
-                 allow_missing_keys: bool = False) -> None:
+                 label_map: bool = False, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.output_dir, self.name_key, self.postfix = output_dir, name_key, postfix
-        self.saver = SaveMask()
+        self.saver = SaveMask(label_map)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
