@@ -75,6 +75,7 @@ def inference_config(run: dict[str, Any], image_size: int) -> dict[str, Any]:
         "image_size": image_size,
         "squash": squash,
         "prompt": prompt,
+        **({"num_classes": int(run["num_classes"]), "class_names": list(run["class_names"])} if semantic else {}),
         "multimask": bool(run.get("multimask", False)),  # a lone first click: the most confident of SAM's 3 masks
         "precision": run.get("precision", "auto"),
         "checkpoint": run.get("checkpoint") or None,
@@ -140,7 +141,6 @@ def evaluate_config(run: dict[str, Any], image_size: int) -> dict[str, Any]:
     config["dataloader"] = {**config["dataloader"], "batch_size": "@eval_batch_size",
                             "collate_fn": {"_target_": "medsam_peft.data.PadRaggedCollate", "keys": ["label_original"]}}
     if semantic:  # dataset-accumulated IoUs, as in training (medsam_peft.engines.semantic_metrics)
-        config["num_classes"], config["class_names"] = int(run["num_classes"]), list(run["class_names"])
         config["evaluator"] = {**config["evaluator"],
                                "key_val_metric": "$medsam_peft.engines.semantic_metrics(@num_classes, "
                                                  "key='val_foreground_miou')",

@@ -45,4 +45,17 @@ def lite_medsam_state() -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in build_sam("lite_medsam", "bundled").state_dict().items()}
 
 
+@pytest.fixture(scope="session")
+def multiclass_run(tmp_path_factory) -> tuple[Path, dict[str, str], str]:
+    """bundles/conv_lora_demo_multiclass.json trained as a user runs it, for two epochs on every 5th Colin27 slice
+    (LiteMedSAM + Conv-LoRA, 12 structures as classes): (folder, the overrides, the log). Shared by the bundle
+    tests and the MONAI Label server's multi-class model."""
+    from tests.bundle_runner import REPO, run_bundle
+
+    out = tmp_path_factory.mktemp("multiclass")
+    overrides = {"bundle_root": str(REPO), "dataset_dir": str(out / "data"), "output_dir": str(out / "run"),
+                 "source_dir": str(COLIN27_DIR), "slice_step": "5", "max_epochs": "2", "experiment_name": "mc_test"}
+    return out, overrides, run_bundle(["bundles/conv_lora_demo_multiclass.json"], overrides)
+
+
 from tests.http_server import local_server  # noqa: E402,F401  (fixture shared by download tests)

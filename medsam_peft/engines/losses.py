@@ -121,7 +121,8 @@ class MaskClassificationLoss(nn.Module):
 
     def match(self, mask_logits: torch.Tensor, class_logits: torch.Tensor, label: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hungarian matching for one image: (matched query indices, their target classes)."""
+        """Matching for one image (Hungarian, or query c = class c with ``matching="by_class"``): (matched query
+        indices, their target classes)."""
         from scipy.optimize import linear_sum_assignment
 
         classes, target_masks, pixels = self._targets(label)
@@ -146,6 +147,7 @@ class MaskClassificationLoss(nn.Module):
         """(M, P) pixel indices per matched mask: the least confident of oversampled candidates + uniform ones."""
         if self.num_points is None:
             return valid.expand(logits.shape[0], -1)
+
         def uniform(count: int) -> torch.Tensor:
             return valid[torch.randint(valid.numel(), (logits.shape[0], count), device=valid.device)]
         uncertain = int(self.importance_sample_ratio * self.num_points)

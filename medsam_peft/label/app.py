@@ -47,7 +47,8 @@ class SamBundleInferTask(InferTask):
             labels=predictor.labels,
             dimension=2,
             description=(f"{predictor.metadata.get('name', predictor.name)}: "
-                         + ("automatic (prompt-free)" if automatic else
+                         + (f"automatic multi-class ({', '.join(predictor.labels)})" if predictor.semantic else
+                            "automatic (prompt-free)" if automatic else
                             ("click-trained: " if predictor.prompt == "interactive" else "")
                             + "box 'roi' and/or foreground/background points; volumes slice by slice or propagated "
                               "from one prompted slice")),
@@ -74,14 +75,17 @@ class SamBundleInferTask(InferTask):
             suffix = ".png"
         fd, out = tempfile.mkstemp(suffix=suffix, prefix="medsam_label_")
         os.close(fd)
-        labelled = (mask > 0).astype("uint8") * value  # the label map's value (1), as /info/ announces it
+        if self.predictor.semantic:  # class ids already, as /info/ announces them
+            labelled, names = mask.astype("uint8"), dict(self.predictor.labels)
+        else:
+            labelled, names = (mask > 0).astype("uint8") * value, {label: value}  # the value /info/ announces (1)
         if affine is None:  # 2-D: MONAI's (x, y) array back to a (rows, cols) PNG
             from PIL import Image
 
             Image.fromarray(labelled.T).save(out)
         else:
             write_volume(labelled, affine, out)
-        return out, {"model": self.predictor.name, "label_names": {label: value}, **details}
+        return out, {"model": self.predictor.name, "label_names": names, **details}
 
 
 def result_suffix(requested: Any) -> str:

@@ -27,6 +27,7 @@ from medsam_peft.errors import MedsamPeftError
 from medsam_peft.models.embedding_cache import ImageEmbeddingCache
 from medsam_peft.transforms.intensity.array import ScaleIntensityByDtype
 from medsam_peft.transforms.io.array import ImageReadError, LoadImage2D, LoadVolume, is_volume_path
+from medsam_peft.transforms.semantic.array import SemanticFromQueries
 from medsam_peft.transforms.spatial.array import ResizeLongestSide, ScaleBox
 from medsam_peft.tuners.adapter_io import bundle_adapter_file
 
@@ -278,9 +279,6 @@ class BundlePredictor:
         gets ``encoder_passes`` and ``decoder_passes`` added.
         """
         sam = self._sam()
-        if sam.num_classes is not None:
-            raise BundleError(f"model {self.name!r} is a multi-class (semantic) model; this server serves binary "
-                              "masks only")
         tensor = torch.as_tensor(image, dtype=torch.float32)
         tensor = tensor[None].expand(3, -1, -1) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
         height, width = tensor.shape[1:]
@@ -307,6 +305,17 @@ class BundlePredictor:
 
         if box is None and points is None and mask_input is None and not self.prompt_free:
             raise LabelRequestError(422, f"model {self.name!r} needs a prompt on this image")
+        if sam.num_classes is not None:  # the multi-class decoder: a class-id map, no prompts
+            with torch.no_grad(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
+                low_res, classes = sam.decode_queries(self.embeddings.get_or_compute(model_input, encode))
+                masks = sam.upscale(low_res, model_input.shape[-2:])
+            if counts is not None:
+                counts["encoder_passes"] = counts.get("encoder_passes", 0) + len(encoded)
+                counts["decoder_passes"] = counts.get("decoder_passes", 0) + 1
+            semantic = SemanticFromQueries()({"masks": masks[0].float().cpu(), "classes": classes[0].float().cpu()})
+            # per-class probabilities back to the image's size, then the argmax (as configs/evaluate.json)
+            restored = resizer.inverse(MetaTensor(semantic, applied_operations=list(net_input.applied_operations)))
+            return restored.as_tensor().argmax(0).numpy().astype(np.uint8), low_res.float()
         with torch.no_grad(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
             embedding = self.embeddings.get_or_compute(model_input, encode)
             low_res = sam.decode(embedding, box, points, point_labels, mask_input)
@@ -345,9 +354,17 @@ class BundlePredictor:
         self._require_prompt(box, points)
         counts: dict[str, int] = {}
         mask, _ = self.predict_image(rgb, Prompts(box, [list(p) for p in points], labels), counts=counts)
-        return mask.T, {"pixels": int(mask.sum()), "shape": list(mask.T.shape), **counts}, None
+        return mask.T, {"pixels": int((mask > 0).sum()), "shape": list(mask.T.shape), **counts}, None
+
+    @property
+    def semantic(self) -> bool:
+        """A multi-class model (its bundle records ``num_classes``): automatic, answering with a class-id map."""
+        return bool(self.config.get("num_classes"))
 
     def _require_prompt(self, box, points) -> None:
+        if self.semantic and (box is not None or points):
+            raise LabelRequestError(422, f"model {self.name!r} is a multi-class automatic model and takes no prompt; "
+                                         "send the image alone (for a volume, optionally 'slice')")
         if not self.prompt_free and box is None and not points:
             raise LabelRequestError(422, f"model {self.name!r} needs a prompt: send 'roi' [x0, y0, x1, y1] and/or "
                                          "'foreground'/'background' points")
@@ -423,7 +440,7 @@ class BundlePredictor:
                 for step in (-1, 1):
                     propagated += self._propagate(scaled, out, low_res, seed, step, set(seeds), mode, counts, bounds)
         segmented = sorted(set(slices) | set(propagated))
-        return out, {"voxels": int(out.sum()), "slices": segmented, "propagated": sorted(propagated),
+        return out, {"voxels": int((out > 0).sum()), "slices": segmented, "propagated": sorted(propagated),
                      "shape": list(out.shape), **counts}, affine
 
     def _propagate(self, scaled: np.ndarray, out: np.ndarray, low_res: dict[int, torch.Tensor], seed: int, step: int,

@@ -166,7 +166,8 @@ class SamEpistemicScoring(ScoringMethod):
 
 def scoring_methods(predictors: dict[str, BundlePredictor]) -> dict[str, ScoringMethod]:
     """``dice`` (and ``epistemic`` for prompt-free models) of the first served model, plus ``<kind>_<model>`` for
-    every served model."""
+    every served model. Both score binary masks: multi-class models are not scorers (yet)."""
+    predictors = {name: p for name, p in predictors.items() if not p.semantic}
     methods: dict[str, ScoringMethod] = {}
     for name, predictor in predictors.items():
         methods[f"dice_{name}"] = SamDiceScoring(predictor)
@@ -188,7 +189,7 @@ def strategies(predictors: dict[str, BundlePredictor]) -> dict[str, Any]:
     from monailabel.tasks.activelearning.random import Random
 
     found: dict[str, Any] = {"random": Random(), "first": First()}
-    if any(p.prompt_free for p in predictors.values()):
+    if any(p.prompt_free and not p.semantic for p in predictors.values()):
         found["epistemic"] = Epistemic()
     return found
 

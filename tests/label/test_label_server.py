@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from medsam_peft.cli import main as cli_main
+from medsam_peft.data.volumes import slice_to_image
 from medsam_peft.tuners.adapter_io import read_adapter, tensor_checksum, write_adapter_payload
 from tests.conftest import COLIN27_DIR
 
@@ -41,7 +42,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, multiclass_run):
     root = tmp_path_factory.mktemp("label")
     # 1. a tiny real fine-tune: LiteMedSAM (real weights) + Conv-LoRA trained with simulated boxes and clicks, one
     # epoch on every 12th Colin27 slice
@@ -81,6 +82,8 @@ def server(tmp_path_factory):
     (automatic / "configs/inference.json").write_text(json.dumps({**config, "prompt": "none"}))
     # a copy the train test fine-tunes, so that the other tests keep serving the fixture's adapter
     shutil.copytree(bundle, app / "model" / "trainable")
+    # a multi-class model: the 12 subcortical structures as classes (tests/conftest.py::multiclass_run)
+    assert cli_main(["export-bundle", str(multiclass_run[0] / "run"), str(app / "model" / "structures")]) == 0
 
     # 3. studies: a validation slice (PNG) with its right-thalamus mask, and the whole Colin27 volume
     studies = root / "studies"
@@ -96,7 +99,7 @@ def server(tmp_path_factory):
 
     port = _free_port()
     command = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies",
-               str(studies), "--conf", "models", "thalamus,mismatched,corrupt,automatic,trainable", "--conf", "zoo_source", "local",
+               str(studies), "--conf", "models", "thalamus,mismatched,corrupt,automatic,trainable,structures", "--conf", "zoo_source", "local",
                "--host", "127.0.0.1", "--port", str(port)]
     log = open(root / "server.log", "w")
     # scoring runs when asked only (by default MONAI Label scores every image after each train and next_sample)
@@ -116,7 +119,8 @@ def server(tmp_path_factory):
         assert process.poll() is None, (root / "server.log").read_text()[-4000:]
         mask = np.asarray(Image.open(root / "data" / entry["label"])) > 0
         yield {"url": url, "process": process, "mask": mask, "root": root, "log": root / "server.log",
-               "slice": int(entry["slice"]), "outside": outside, "app": app, "datalist": datalist}
+               "slice": int(entry["slice"]), "outside": outside, "app": app, "datalist": datalist,
+               "multiclass": multiclass_run[0]}
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -199,6 +203,38 @@ def test_prompt_free_bundle_is_an_automatic_task(server) -> None:
     predicted = np.asarray(nib.load(out).dataobj)
     others = np.delete(predicted, server["slice"], axis=2)
     assert others.sum() == 0  # only the requested slice is segmented
+
+
+def test_multiclass_bundle_is_an_automatic_task_returning_a_class_id_map(server, tmp_path) -> None:
+    """The label map the server returns for a slice is the exported bundle's own inference.json output, its class
+    names are the datalist's, and the same slice of the volume gets the same map."""
+    classes = json.loads((server["multiclass"] / "data" / "datalist.json").read_text())["meta"]["classes"]
+    model = requests.get(f"{server['url']}/info/", timeout=10).json()["models"]["structures"]
+    assert model["type"] == "segmentation" and model["labels"] == {n: i for i, n in enumerate(classes) if i}
+    reply = _infer(server, model="structures")
+    assert reply.status_code == 200, reply.text
+    served = np.asarray(Image.open(io.BytesIO(reply.content)))
+    assert served.shape == server["mask"].shape and set(np.unique(served)) <= set(range(len(classes)))
+    bundle = server["app"] / "model" / "structures"
+    requests_file = tmp_path / "requests.json"
+    requests_file.write_text(json.dumps([{"image": str(server["root"] / "studies" / "slice.png")}]))
+    done = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
+                           str(bundle / "configs/inference.json"), "--bundle_root", str(bundle), "--datalist",
+                           str(requests_file), "--output_dir", str(tmp_path / "out")],
+                          capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert np.array_equal(served, np.asarray(Image.open(tmp_path / "out" / "slice_pred.png")))
+    body = _infer(server, model="structures", output="json").json()
+    assert body["label_names"] == model["labels"] and body["pixels"] == int((served > 0).sum())
+    reply = _infer(server, model="structures", image="colin27", params={"slice": server["slice"]})
+    assert reply.status_code == 200, reply.text
+    out = tmp_path / "structures.nii.gz"
+    out.write_bytes(reply.content)
+    volume = np.asarray(nib.load(out).dataobj)
+    assert np.delete(volume, server["slice"], axis=2).sum() == 0
+    assert np.array_equal(slice_to_image(volume[:, :, server["slice"]]), served)
+    reply = _infer(server, model="structures", params={"roi": [10, 10, 50, 50]})
+    assert reply.status_code == 422 and "takes no prompt" in reply.json()["detail"]
 
 
 @pytest.mark.parametrize(
