@@ -63,7 +63,7 @@ def inference_config(run: dict[str, Any], image_size: int) -> dict[str, Any]:
         "_desc_": "Inference with the tuned SAM in models/model.safetensors: python -m monai.bundle run --config_file "
                   "configs/inference.json --bundle_root . --datalist requests.json (a list of {\"image\": path, "
                   "\"box\": [x0, y0, x1, y1] in image pixels}" + ("; the box is required" if boxed else "")
-                  + "). Masks go to <output_dir>/<image stem>_pred.png" + (
+                  + "; --infer_batch_size N, default 4). Masks go to <output_dir>/<image stem>_pred.png" + (
                       f" as class-id maps ({', '.join(f'{i} {n}' for i, n in enumerate(run.get('class_names') or []))})"
                       if semantic else "") + ".",
         "imports": ["$import os", "$import json", "$import medsam_peft", "$import medsam_peft.data",
@@ -89,8 +89,9 @@ def inference_config(run: dict[str, Any], image_size: int) -> dict[str, Any]:
         "dataset": {"_target_": "Dataset", "data": "$medsam_peft.data.load_requests(@datalist, "
                     "medsam_peft.engines.prompt_keys(@prepare_batch), option='--datalist')",
                     "transform": "@preprocessing"},
-        "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False,
-                       "num_workers": 0},
+        "infer_batch_size": 4,
+        "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": "@infer_batch_size",
+                       "shuffle": False, "num_workers": 0},
         "prepare_batch": prepare,
         "inferer": {"_target_": "medsam_peft.engines.AutocastInferer", "dtype": "@precision"},
         "postprocessing": {"_target_": "Compose", "transforms": _to_masks(semantic) + [

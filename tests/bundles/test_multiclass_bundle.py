@@ -79,10 +79,15 @@ def test_evaluate_at_original_size_and_the_exported_bundle_agree_with_sklearn(mu
     again = json.loads((exported / "metrics.json").read_text())["metrics"]
     assert again["val_foreground_miou"] == pytest.approx(metrics["val_foreground_miou"], abs=1e-6)
 
-    entry = datalist["validation"][0]
+    # inference, exported and layered on the training bundle, in batches of 2: the evaluation's class-id maps
     requests = tmp_path / "requests.json"
-    requests.write_text(json.dumps([{"image": str(out / "data" / entry["image"])}]))
+    requests.write_text(json.dumps([{"image": str(out / "data" / e["image"])} for e in datalist["validation"]]))
     run_bundle([str(bundle / "configs" / "inference.json")],
-               {"bundle_root": str(bundle), "datalist": str(requests), "output_dir": str(tmp_path / "infer")})
-    inferred = np.asarray(Image.open(tmp_path / "infer" / (Path(entry["image"]).stem + "_pred.png")))
-    assert np.array_equal(inferred, preds[0])  # the same class-id map as the evaluation wrote
+               {"bundle_root": str(bundle), "datalist": str(requests), "output_dir": str(tmp_path / "infer"),
+                "infer_batch_size": "2"})
+    run_bundle([BUNDLE, "configs/inference.json"], {**overrides, "infer_datalist": str(requests),
+                                                    "infer_batch_size": "2"})
+    for entry, pred in zip(datalist["validation"], preds):
+        name = Path(entry["image"]).stem + "_pred.png"
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "infer" / name)), pred)
+        assert np.array_equal(np.asarray(Image.open(out / "run" / "inference" / name)), pred)
