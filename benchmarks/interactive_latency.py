@@ -1,18 +1,24 @@
 """Serving latency of an exported bundle, as the MONAI Label app runs it (``BundlePredictor``), in one process:
 
     python benchmarks/interactive_latency.py BUNDLE_DIR [--volume ch2.nii.gz --labels aal.nii.gz --label 78]
-        [--repeats 5] [--slices 20]
+        [--repeats 5] [--slices 20] [--cpu-allocator reuse|system|compare]
 
 1. A 2-D slice of the volume: the first prompt (encoder + decoder) against a second prompt on the same image
    (decoder only, embedding cache), median of ``--repeats`` fresh images each; prints the ratio.
 2. Propagation from a box on the middle slice of the structure within a roi of ``--slices`` slices: wall time, encoder
    and decoder passes, against ``--slices`` bare encoder + decoder passes on those slices (the least work there is).
+
+``--cpu-allocator`` is the label server's ``--conf cpu_allocator`` (default reuse); ``compare`` runs the benchmark
+once with each in a fresh process (the setting cannot be undone in one) and prints the ratios system / reuse.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,10 +36,17 @@ def main() -> None:
     parser.add_argument("--label", type=int, default=78, help="AAL id (78 = right thalamus)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--slices", type=int, default=20)
+    parser.add_argument("--cpu-allocator", default="reuse", choices=["reuse", "system", "compare"])
     args = parser.parse_args()
+    if args.cpu_allocator == "compare":
+        compare_allocators()
+        return
 
     from medsam_peft.data.volumes import slice_to_image, to_uint8
     from medsam_peft.label import BundlePredictor
+    from medsam_peft.utils import configure_cpu_allocator
+
+    configure_cpu_allocator(args.cpu_allocator)
 
     predictor = BundlePredictor(args.bundle)
     predictor.model()
@@ -85,6 +98,22 @@ def main() -> None:
     print(f"propagation over a {args.slices}-slice roi: {propagation:.1f} s, {len(details['slices'])} slices, "
           f"{details['encoder_passes']} encoder + {details['decoder_passes']} decoder passes; {len(slices)} bare "
           f"encoder+decoder passes: {bare:.1f} s; ratio {propagation / bare:.2f}")
+
+
+def compare_allocators() -> None:
+    """The benchmark in two fresh processes, glibc's allocator and the server's default, and the time ratios."""
+    argv = [a for a in sys.argv[1:] if a not in ("--cpu-allocator=compare", "compare", "--cpu-allocator")]
+    numbers = {}
+    for mode in ("system", "reuse"):
+        out = subprocess.run([sys.executable, __file__, *argv, "--cpu-allocator", mode], capture_output=True,
+                             text=True, check=True).stdout
+        print(f"[{mode}] " + out.strip().replace("\n", f"\n[{mode}] "))
+        first = re.search(r"first on an image: ([\d.]+) s; second on the same image: ([\d.]+) s", out)
+        propagation = re.search(r"roi: ([\d.]+) s", out)
+        numbers[mode] = (float(first.group(1)), float(first.group(2)), float(propagation.group(1)))
+    names = ("first prompt", "second prompt", "propagation")
+    print("system / reuse: " + ", ".join(f"{n} {s / r:.2f}x" for n, s, r in zip(names, numbers["system"],
+                                                                              numbers["reuse"])))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from medsam_peft.label.predictor import BundleError, BundlePredictor, LabelRequestError
 from medsam_peft.transforms.io.array import is_volume_path, write_volume
+from medsam_peft.utils.cpu_allocator import configure_cpu_allocator
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,8 @@ def infer_tasks(app_dir: str, conf: dict[str, str]) -> dict[str, InferTask]:
     loaded is kept as a model that answers 409 with the reason, so one bad bundle does not take the server down.
     ``--conf preload false`` defers loading to the first request; ``--conf device cuda`` picks the device."""
     names = [n.strip() for n in conf.get("models", "").split(",") if n.strip()]
+    # as in training and evaluation: on the CPU, freed memory is kept for the next request (utils/cpu_allocator.py)
+    configure_cpu_allocator(conf.get("cpu_allocator", "reuse"), conf.get("device", "cpu"))
     if not names:
         raise ValueError("no models: start the server with --conf models <bundle name or folder>[,...] "
                          "(bundles exported with `medsam-peft export-bundle`)")
