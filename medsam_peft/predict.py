@@ -145,7 +145,7 @@ def predict(adapter: str | Path, source: str | Path, output_dir: str | Path, box
             prompt_free: bool = False, device: str = "cpu", checkpoint: str | None = None,
             progress: Callable[[Iterable], Iterable] | None = None) -> list[Prediction]:
     """Segment every input of ``source`` with the model of ``adapter`` and write ``<stem>_pred.png`` (2-D, {0, 255}
-    at the image's size) or ``<stem>_pred.nii.gz`` (volumes, on the input's grid) plus ``predictions.json``."""
+    at the image's size; class ids for a multi-class bundle) or ``<stem>_pred.nii.gz`` (volumes, on the input's grid) plus ``predictions.json``."""
     source, output_dir = Path(source), Path(output_dir)
     predictor = open_model(adapter, device, checkpoint)
     inputs = list_inputs(source)
@@ -174,11 +174,11 @@ def predict(adapter: str | Path, source: str | Path, output_dir: str | Path, box
             mask, _, affine = predictor.segment_file(path, prompts[key])
         except LabelRequestError as err:  # a bad prompt or unreadable file: name the input it came with
             raise DataError(f"{source / key if source.is_dir() else source}: {err}") from err
-        if affine is None:  # 2-D: the predictor returns MONAI's (W, H) grid
-            SaveMask()(np.ascontiguousarray(mask.T), target)
+        if affine is None:  # 2-D: the predictor returns MONAI's (W, H) grid; a multi-class model's class ids
+            SaveMask(label_map=predictor.semantic)(np.ascontiguousarray(mask.T), target)
         else:
             write_volume(mask, affine, target)
-        done.append(Prediction(key, target.name, int(mask.sum()), [int(n) for n in mask.shape]))
+        done.append(Prediction(key, target.name, int((mask > 0).sum()), [int(n) for n in mask.shape]))
     from medsam_peft.utils.atomic_io import write_json_atomic
 
     write_json_atomic(output_dir / "predictions.json", {

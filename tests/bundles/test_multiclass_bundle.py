@@ -87,7 +87,12 @@ def test_evaluate_at_original_size_and_the_exported_bundle_agree_with_sklearn(mu
                 "infer_batch_size": "2"})
     run_bundle([BUNDLE, "configs/inference.json"], {**overrides, "infer_datalist": str(requests),
                                                     "infer_batch_size": "2"})
+    # and `medsam-peft predict` on the exported bundle (the MONAI Label server's predictor)
+    first = out / "data" / datalist["validation"][0]["image"]
+    assert cli_main(["predict", "--adapter", str(bundle), "--input", str(first), "--output", str(tmp_path / "cli"),
+                     "--prompt-free", "--quiet"]) == 0
     for entry, pred in zip(datalist["validation"], preds):
         name = Path(entry["image"]).stem + "_pred.png"
         assert np.array_equal(np.asarray(Image.open(tmp_path / "infer" / name)), pred)
         assert np.array_equal(np.asarray(Image.open(out / "run" / "inference" / name)), pred)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "cli" / (first.stem + "_pred.png"))), preds[0])
