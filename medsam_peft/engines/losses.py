@@ -9,6 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from medsam_peft.errors import ConfigError
+
 
 class StructureLoss(nn.Module):
     """PraNet/F3Net structure loss used by Conv-LoRA: weighted BCE + weighted IoU, weights emphasising boundaries.
@@ -90,6 +92,9 @@ class MaskClassificationLoss(nn.Module):
                  oversample_ratio: float = 3.0, importance_sample_ratio: float = 0.75,
                  matching: str = "hungarian", ignore_index: int = 255) -> None:
         super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ConfigError(f"MaskClassificationLoss needs num_classes (classes with the background, >= 2), got "
+                              f"{num_classes!r}: set --num_classes, or use a binary loss for a binary bundle")
         if matching not in ("hungarian", "by_class"):
             raise ValueError(f"matching must be 'hungarian' or 'by_class', got {matching!r}")
         self.matching = matching

@@ -284,6 +284,21 @@ def check_settings(settings: Mapping[str, Any], argv: list[str] | None = None) -
     _check_checkpoint(settings)
     _check_tuner_options(settings)
     _check_decoder_shape(settings)
+    _check_loss_fits_the_decoder(settings)
+
+
+def _check_loss_fits_the_decoder(settings: Mapping[str, Any]) -> None:
+    """``num_classes`` on a binary bundle (or a binary loss with it) would fail deep inside the first step."""
+    if "loss" not in settings or settings.get("num_classes") is None:
+        return
+    from medsam_peft.engines.losses import MaskClassificationLoss
+
+    if not isinstance(settings["loss"], MaskClassificationLoss):
+        raise ConfigError(
+            f"setting 'num_classes' = {settings['num_classes']} makes the decoder multi-class, but this bundle's loss "
+            f"is {type(settings['loss']).__name__} on binary masks: run a multi-class bundle "
+            "(bundles/conv_lora_demo_multiclass.json, conv_lora_trans10k.json) or set --loss "
+            "%configs/losses.json::mask_classification with class-id labels")
 
 
 __all__ = ["SETTINGS", "check_overrides", "check_settings", "command_line_overrides"]

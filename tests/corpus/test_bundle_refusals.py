@@ -42,7 +42,10 @@ SETTINGS = [
     ({"num_workers": "-2"}, ["'num_workers'", "integer >= 0"]),
     ({"train_box_jitter": "ten"}, ["'train_box_jitter'", "'ten'"]),
     ({"mask_tokens": "0"}, ["'mask_tokens'", "'reference'", "null (SAM's four tokens)"]),
-    ({"num_classes": "5"}, ["'mask_tokens' / 'num_classes'", "needs mask_tokens = the number of queries"]),
+    ({"num_classes": "5", "mask_tokens": "3"}, ["'mask_tokens' / 'num_classes' / 'query_init'",
+                                              "mask_tokens must be null or equal num_classes (5), got 3"]),
+    ({"num_classes": "5"}, ["'num_classes' = 5 makes the decoder multi-class", "DiceCELoss",
+                            "bundles/conv_lora_demo_multiclass.json"]),
     ({"tuner_options": '{"mask_tokens": 1}'}, ["'tuner_options'", "mask_tokens is not a tuner option",
                                                "--mask_tokens N"]),
 ]
