@@ -108,6 +108,12 @@ def _mask_tokens(key: str, value: Any) -> None:
         _fail(key, "'reference' (the tuner paper's decoder), null (SAM's four tokens) or an integer >= 1", value)
 
 
+def _query_init(key: str, value: Any) -> None:
+    from medsam_peft.models.promptable_sam import QUERY_INITS  # torch is imported only once a check needs it
+
+    one_of(*QUERY_INITS, None)(key, value)
+
+
 def _num_classes(key: str, value: Any) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 2):
         _fail(key, "null (binary masks) or the number of classes counting the background, an integer >= 2", value)
@@ -120,7 +126,7 @@ SETTINGS: dict[str, Check] = {
     "tuner_options": mapping,
     "mask_tokens": _mask_tokens,
     "num_classes": _num_classes,
-    "query_init": one_of("class", "perturbed", "token0", None),
+    "query_init": _query_init,
     "image_size": integer(16),
     "squash": boolean,
     "max_epochs": integer(1),
@@ -166,7 +172,7 @@ def _check_tuner_options(settings: Mapping[str, Any]) -> None:
 
 def _check_decoder_shape(settings: Mapping[str, Any]) -> None:
     """num_classes needs explicit query tokens: checked here so a bad pair fails before the model is built."""
-    from medsam_peft.models.promptable_sam import DEFAULT_QUERY_INIT, check_decoder_shape
+    from medsam_peft.models.promptable_sam import check_decoder_shape, reference_queries
 
     tokens, classes, query_init = settings.get("mask_tokens"), settings.get("num_classes"), settings.get("query_init")
     if classes is None or (tokens == "reference" and "tuner" not in settings):
@@ -174,8 +180,7 @@ def _check_decoder_shape(settings: Mapping[str, Any]) -> None:
     if tokens == "reference":
         from medsam_peft.tuners.registry import get_tuner_classes
 
-        one_per_class = (query_init or DEFAULT_QUERY_INIT) == "class"
-        tokens = None if one_per_class else get_tuner_classes(settings["tuner"])[0].reference_mask_tokens
+        tokens = reference_queries(get_tuner_classes(settings["tuner"])[0].reference_mask_tokens, classes, query_init)
     try:
         check_decoder_shape(tokens, classes, query_init)
     except ConfigError as err:

@@ -416,6 +416,14 @@ class PromptableSam(nn.Module):
         decoder.num_mask_tokens = num_tokens
 
 
+def reference_queries(reference_mask_tokens: int, num_classes: int | None, query_init: str | None) -> int | None:
+    """What ``mask_tokens="reference"`` means: the tuner paper's token count, except for the per-class multi-class
+    decoder (``query_init="class"``), whose queries are one per class (``None``)."""
+    if num_classes is not None and (query_init or DEFAULT_QUERY_INIT) == "class":
+        return None
+    return reference_mask_tokens
+
+
 def check_decoder_shape(mask_tokens: int | None, num_classes: int | None, query_init: str | None = None) -> None:
     """Raise ``ConfigError`` naming the setting when ``mask_tokens`` / ``num_classes`` / ``query_init`` cannot
     shape a decoder."""

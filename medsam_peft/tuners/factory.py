@@ -13,7 +13,7 @@ from medsam_peft.models.activation_checkpointing import set_activation_checkpoin
 from medsam_peft.models.attention import ATTENTION_BACKENDS, set_attention_backend
 from medsam_peft.models.build import build_sam
 from medsam_peft.models.embedding_cache import TrunkEmbeddingCache
-from medsam_peft.models.promptable_sam import DEFAULT_QUERY_INIT, PromptableSam
+from medsam_peft.models.promptable_sam import PromptableSam, reference_queries
 from medsam_peft.tuners.adapter_io import (
     decoder_shape_of,
     load_adapter,
@@ -74,8 +74,7 @@ def build_tuned_sam(
     """
     config = make_tuner_config(tuner, **(tuner_options or {}))
     if mask_tokens == "reference":
-        one_per_class = num_classes is not None and (query_init or DEFAULT_QUERY_INIT) == "class"
-        mask_tokens = None if one_per_class else config.reference_mask_tokens
+        mask_tokens = reference_queries(config.reference_mask_tokens, num_classes, query_init)
     elif isinstance(mask_tokens, str):
         raise ConfigError(f"mask_tokens must be an integer, null (SAM's four) or 'reference', got {mask_tokens!r}")
     model = build_sam(backbone, checkpoint, image_size=image_size, device=device, mask_tokens=mask_tokens,
