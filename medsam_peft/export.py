@@ -202,6 +202,24 @@ def _datalist_summary(run: dict[str, Any]) -> tuple[dict[str, Any], dict[str, in
     return datalist.get("meta", {}) if isinstance(datalist.get("meta"), dict) else {}, counts
 
 
+def class_names(data_meta: dict[str, Any], num_classes: int) -> list[str]:
+    """A multi-class model's channel names: the datalist's ``meta.classes`` when it names every class, else
+    ``background, class_1, ...``."""
+    names = data_meta.get("classes")
+    if isinstance(names, list) and len(names) == num_classes:
+        return [str(n) for n in names]
+    return ["background"] + [f"class_{i}" for i in range(1, num_classes)]
+
+
+def run_classes(run: dict[str, Any], meta: dict[str, Any]) -> tuple[int | None, list[str] | None]:
+    """(num_classes, class names) of a training run's adapter (``meta``: its metadata, the decoder it was saved with
+    is the truth; runs before run_config.json recorded num_classes are multi-class too); (None, None) if binary."""
+    num_classes = meta.get("decoder", {}).get("num_classes")
+    if not num_classes:
+        return None, None
+    return int(num_classes), class_names(_datalist_summary(run)[0], int(num_classes))
+
+
 def _base_weights(backbone: str, checkpoint: str) -> dict[str, str] | None:
     """The release the frozen base comes from (URL + digest) when it is a download, for ``large_files.yml``."""
     from medsam_peft.models.registry import get_backbone_spec
@@ -290,10 +308,7 @@ def export_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, adapte
     num_classes = meta.get("decoder", {}).get("num_classes")
     task = "Multi-class" if num_classes else "Binary"
     if num_classes:
-        names = data_meta.get("classes")
-        run["num_classes"] = int(num_classes)
-        run["class_names"] = list(names) if isinstance(names, list) and len(names) == num_classes else \
-            ["background"] + [f"class_{i}" for i in range(1, num_classes)]
+        run["num_classes"], run["class_names"] = int(num_classes), class_names(data_meta, int(num_classes))
     channel_def = dict(enumerate(run["class_names"])) if num_classes else {0: "background", 1: label_name}
     label_text = ", ".join(f"{i} {n}" for i, n in channel_def.items())
     metadata = {

@@ -181,15 +181,22 @@ class BundlePredictor:
         settings = _read_json(run_config)
         if not isinstance(settings, dict) or "image_size" not in settings:
             raise BundleError(f"{run_config} has no image_size; it is not a medsam_peft training run's file")
-        if settings.get("num_classes"):
-            raise BundleError(f"{run_config}: the run trained a multi-class model; predict serves binary models")
         if checkpoint is not None:
             settings = {**settings, "checkpoint": checkpoint}
-        self.metadata, self.config = {"name": self.bundle_dir.name}, settings
         self._adapter_override = Path(adapter_file)
         if not self._adapter_override.is_file():
             raise BundleError(f"adapter file {adapter_file} not found")
-        self._configure({"foreground": 1}, device, threshold, embedding_cache_size)
+        from medsam_peft.export import run_classes
+        from medsam_peft.tuners.adapter_io import read_adapter
+
+        # the adapter's decoder decides binary or multi-class (run_config.json of older runs does not say)
+        num_classes, names = run_classes(settings, read_adapter(self._adapter_override)["metadata"])
+        labels = {"foreground": 1}
+        if num_classes:
+            settings = {**settings, "num_classes": num_classes, "class_names": names}
+            labels = {name: i for i, name in enumerate(names) if i > 0}
+        self.metadata, self.config = {"name": self.bundle_dir.name}, settings
+        self._configure(labels, device, threshold, embedding_cache_size)
         return self
 
     def _configure(self, labels: dict[str, int], device: str | torch.device, threshold: float,

@@ -91,8 +91,13 @@ def test_evaluate_at_original_size_and_the_exported_bundle_agree_with_sklearn(mu
     first = out / "data" / datalist["validation"][0]["image"]
     assert cli_main(["predict", "--adapter", str(bundle), "--input", str(first), "--output", str(tmp_path / "cli"),
                      "--prompt-free", "--quiet"]) == 0
+    # ... and on the training run's folder: the adapter's decoder makes it a class-id map there too (it was binarised)
+    assert cli_main(["predict", "--adapter", str(out / "run"), "--input", str(first), "--output",
+                     str(tmp_path / "cli_run"), "--quiet"]) == 0
     for entry, pred in zip(datalist["validation"], preds):
         name = Path(entry["image"]).stem + "_pred.png"
         assert np.array_equal(np.asarray(Image.open(tmp_path / "infer" / name)), pred)
         assert np.array_equal(np.asarray(Image.open(out / "run" / "inference" / name)), pred)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "cli" / (first.stem + "_pred.png"))), preds[0])
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "cli_run" / (first.stem + "_pred.png"))), preds[0])
+    assert json.loads((out / "run" / "run_config.json").read_text())["num_classes"] == CLASSES
