@@ -41,9 +41,8 @@ def _to_masks(semantic: bool) -> list[dict[str, Any]]:
     probabilities of the multi-class decoder + argmax (a class-id map), both inverted before the decision."""
     invert = {"_target_": "Invertd", "keys": ["pred", "prob"] if semantic else "pred", "transform": "@preprocessing",
               "orig_keys": "image", "nearest_interp": False}
-    if semantic:
-        return [{"_target_": "medsam_peft.transforms.SemanticFromQueriesd", "keys": "pred"},
-                {"_target_": "CopyItemsd", "keys": "pred", "names": "prob"}, invert,
+    if semantic:  # the network_def already returns the per-class probabilities (semantic_output)
+        return [{"_target_": "CopyItemsd", "keys": "pred", "names": "prob"}, invert,
                 {"_target_": "AsDiscreted", "keys": "pred", "argmax": True}]
     return [{"_target_": "Activationsd", "keys": "pred", "sigmoid": True}, invert,
             {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5}]
@@ -79,8 +78,10 @@ def inference_config(run: dict[str, Any], image_size: int) -> dict[str, Any]:
         "multimask": bool(run.get("multimask", False)),  # a lone first click: the most confident of SAM's 3 masks
         "precision": run.get("precision", "auto"),
         "checkpoint": run.get("checkpoint") or None,
+        # a multi-class network returns its (B, C, H, W) class probabilities: MONAI's bundle tools need a tensor
         "network_def": {"_target_": "medsam_peft.load_tuned_sam",
-                        "adapter": f"$os.path.join(@bundle_root, '{BUNDLE_ADAPTER}')", "checkpoint": "@checkpoint"},
+                        "adapter": f"$os.path.join(@bundle_root, '{BUNDLE_ADAPTER}')", "checkpoint": "@checkpoint",
+                        **({"semantic_output": "probabilities"} if semantic else {})},
         "network": "$@network_def.to(@device).eval()",
         # the training chain's own preprocessing (medsam_peft.transforms.sam_preprocessing), images only
         "preprocessing": {"_target_": "Compose", "transforms": "$medsam_peft.transforms.sam_preprocessing(@image_size, "
@@ -344,9 +345,10 @@ def export_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, adapte
                                  "spatial_shape": [image_size, image_size], "dtype": "float32",
                                  "value_range": [0, 1], "is_patch_data": False,
                                  "channel_def": {"0": "R", "1": "G", "2": "B"}}},
-            "outputs": {"pred": {"type": "image", "format": "segmentation", "num_channels": 1,
+            # network_def's output: one logit channel (binary) or a probability per class (multi-class)
+            "outputs": {"pred": {"type": "image", "format": "segmentation", "num_channels": num_classes or 1,
                                  "spatial_shape": [image_size, image_size], "dtype": "float32",
-                                 "value_range": [0, len(channel_def) - 1], "is_patch_data": False,
+                                 "value_range": [0, 1], "is_patch_data": False,
                                  "channel_def": {str(i): n for i, n in channel_def.items()}}},
         },
     }

@@ -27,6 +27,17 @@ QUERY_INITS = ("class", "perturbed", "token0")
 DEFAULT_QUERY_INIT = "class"
 
 
+SEMANTIC_OUTPUTS = ("queries", "probabilities")
+
+
+def query_probabilities(masks: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Per-class probabilities from the multi-class decoder's queries: ``p[c] = sum_q softmax(classes_q)[c] *
+    sigmoid(masks_q)``, the "no object" column dropped (the Conv-LoRA reference's
+    ``apply_multi_class_semantic_seg_postprocess``). (..., Q, H, W) masks and (..., Q, C + 1) classes -> (..., C, H, W)."""
+    weights = classes.float().softmax(-1)[..., :-1]
+    return torch.einsum("...qc,...qhw->...chw", weights, masks.float().sigmoid())
+
+
 class PromptableSam(nn.Module):
     """SAM image encoder + prompt encoder + mask decoder with a differentiable batched forward.
 
@@ -67,6 +78,10 @@ class PromptableSam(nn.Module):
         # A loss term computed inside a forward (the IoU head's MSE in multimask training), added to the tuner's
         # auxiliary loss and cleared when read (``take_pending_loss``).
         self.pending_loss: torch.Tensor | None = None
+        # What the multi-class decoder's forward returns (``SEMANTIC_OUTPUTS``): the queries for training and the
+        # engines' post-processing, or the per-class probabilities as one tensor for MONAI's bundle tools
+        # (verify_net_in_out, ckpt_export) and traced graphs, which need a tensor output.
+        self.semantic_output = "queries"
 
     def take_pending_loss(self) -> torch.Tensor | None:
         loss, self.pending_loss = self.pending_loss, None
@@ -301,7 +316,8 @@ class PromptableSam(nn.Module):
 
         With the multi-class decoder (``set_semantic_queries``) the model is prompt-free and returns
         ``{"masks": (B, N, S, S) mask logits, "classes": (B, N, C + 1) class logits}`` (last class = no object);
-        ``medsam_peft.transforms.SemanticFromQueries`` turns that into per-class probabilities.
+        ``medsam_peft.transforms.SemanticFromQueries`` turns that into per-class probabilities; with
+        ``semantic_output = "probabilities"`` the forward returns those (B, C, S, S) itself.
         """
         if interaction is not None:
             if target is None:
@@ -312,6 +328,8 @@ class PromptableSam(nn.Module):
                 raise ValueError("the multi-class decoder is prompt-free; use prepare_batch 'none' (no boxes/points)")
             low_res, classes = self.decode_queries(self.encode_image(image))
             masks = self.upscale(low_res, image.shape[-2:])
+            if self.semantic_output == "probabilities":
+                return query_probabilities(masks, classes)
             return {"masks": masks, "classes": classes}
         return self.forward_with_low_res(image, boxes, points, point_labels, mask_inputs)[0]
 

@@ -13,7 +13,7 @@ from medsam_peft.models.activation_checkpointing import set_activation_checkpoin
 from medsam_peft.models.attention import ATTENTION_BACKENDS, set_attention_backend
 from medsam_peft.models.build import build_sam
 from medsam_peft.models.embedding_cache import TrunkEmbeddingCache
-from medsam_peft.models.promptable_sam import PromptableSam, reference_queries
+from medsam_peft.models.promptable_sam import SEMANTIC_OUTPUTS, PromptableSam, reference_queries
 from medsam_peft.tuners.adapter_io import (
     decoder_shape_of,
     load_adapter,
@@ -96,13 +96,21 @@ def build_tuned_sam(
 
 
 def load_tuned_sam(
-    adapter: str | os.PathLike, checkpoint: str | os.PathLike | None = None, device: str | torch.device | None = None
+    adapter: str | os.PathLike, checkpoint: str | os.PathLike | None = None, device: str | torch.device | None = None,
+    semantic_output: str = "queries",
 ) -> TunedSam:
-    """Rebuild a tuned model from an adapter file: backbone, image size and tuner options come from its metadata."""
+    """Rebuild a tuned model from an adapter file: backbone, image size and tuner options come from its metadata.
+
+    ``semantic_output`` (multi-class models): ``"queries"`` (the forward returns {"masks", "classes"}) or
+    ``"probabilities"`` ((B, C, S, S) per-class probabilities: an exported bundle's ``network_def``)."""
+    if semantic_output not in SEMANTIC_OUTPUTS:
+        raise ConfigError(f"semantic_output must be one of {SEMANTIC_OUTPUTS}, got {semantic_output!r}")
     meta = read_adapter(adapter)["metadata"]
     shape = decoder_shape_of(meta)
-    return build_tuned_sam(
+    tuned = build_tuned_sam(
         meta["backbone"], checkpoint, tuner_options_of(meta), image_size=meta["image_size"], adapter=adapter,
         device=device, mask_tokens=shape["mask_tokens"], num_classes=shape["num_classes"],
         query_init=shape.get("query_init"),
     )
+    tuned.model.semantic_output = semantic_output
+    return tuned

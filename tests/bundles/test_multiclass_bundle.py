@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -72,6 +74,11 @@ def test_evaluate_at_original_size_and_the_exported_bundle_agree_with_sklearn(mu
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     channels = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
     assert channels["0"] == "background" and channels["12"] == "Thalamus_R" and len(channels) == CLASSES
+    # MONAI's own check of network_def against the metadata: a (1, 13, 256, 256) tensor of class probabilities
+    done = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file",
+                           "configs/metadata.json", "--config_file", "configs/inference.json"], cwd=bundle,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "verified with no error" in done.stdout + done.stderr, done.stderr[-2000:]
     exported = tmp_path / "exported_eval"
     run_bundle([str(bundle / "configs" / "evaluate.json")],
                {"bundle_root": str(bundle), "datalist": str(out / "data" / "datalist.json"),

@@ -12,6 +12,7 @@ from medsam_peft.engines.interactive import (
     NumberOfClicksMetric,
     SimulatedAnnotator,
     centre_click,
+    distractor_mask,
     random_error_click,
 )
 
@@ -156,6 +157,58 @@ def test_training_step_trains_the_last_round_from_box_or_clicks_consistent_with_
         assert len(counts) > 1  # the number of correction rounds varies between steps
         trainable = [p for p in tiny_model.parameters() if p.requires_grad]
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable)
+    finally:
+        tiny_model.eval()
+        tiny_model.zero_grad(set_to_none=True)
+
+
+def test_distractor_is_the_target_mirrored_about_the_content_centre_or_shifted_off_it() -> None:
+    content = np.zeros((40, 64), bool)
+    content[:, 4:50] = True  # padding on the right: the content's centre line is x = 26.5
+    target = np.zeros((40, 64), bool)
+    target[10:20, 8:15] = True
+    mirrored = distractor_mask(target, content, np.random.RandomState(0))
+    expected = np.zeros_like(target)
+    expected[10:20, 39:46] = True  # x -> 4 + 49 - x
+    assert np.array_equal(mirrored, expected)
+    central = np.zeros((40, 64), bool)
+    central[5:15, 22:32] = True  # straddles the centre line: its mirror would overlap it
+    for seed in range(5):
+        shifted = distractor_mask(central, content, np.random.RandomState(seed))
+        assert shifted.sum() == central.sum() and not (shifted & central).any()
+        rows, cols = np.nonzero(shifted)
+        assert rows.max() - rows.min() == 9 and cols.max() - cols.min() == 9  # the same shape, moved
+    assert distractor_mask(np.ones((8, 8), bool), np.ones((8, 8), bool), np.random.RandomState(0)) is None
+
+
+def test_distractor_training_places_the_first_correction_on_the_prediction_with_the_distractor(tiny_model) -> None:
+    """The first correction is the protocol's click on round 0's prediction with the distractor written in as a
+    confident false positive (re-decoded and re-injected here by hand); without the option nothing is added."""
+    image, target = torch.rand(2, 3, 64, 64), _target()
+    image[:, :, :, 56:] = 0.0  # padding: the content is columns 0..55
+    boxes = torch.tensor([[12.0, 10.0, 39.0, 29.0], [20.0, 30.0, 49.0, 59.0]])
+    annotator = SimulatedAnnotator(1.0, max_corrections=2, centre_probability=1.0, seed=1, distractor_probability=1.0)
+    tiny_model.train()
+    try:
+        while True:
+            tiny_model(image, boxes, target=target, interaction=annotator)
+            if annotator.last_rounds >= 1:
+                break
+        sam = tiny_model.model
+        with torch.no_grad():
+            round0 = sam.decode(sam.encode_image(image), boxes)
+        for i, (distractor, sample) in enumerate(zip(annotator.last_distractors, annotator.last_clicks)):
+            tgt = target[i, 0].numpy() > 0.5
+            assert distractor is not None and distractor.sum() == tgt.sum() and not (distractor & tgt).any()
+            plane = round0[i, 0]
+            confidence = float(plane[plane > 0].mean()) if (plane > 0).any() else 8.0
+            footprint = torch.as_tensor(distractor[::4, ::4])  # nearest down-sampling 64 -> 16
+            injected = torch.where(footprint, plane.clamp(min=confidence), plane)
+            prediction = sam.upscale(injected[None, None], (64, 64))[0, 0].numpy() > 0
+            assert sample[0] == centre_click(prediction, tgt)  # started from the box: click 1 is correction 1
+        off = SimulatedAnnotator(1.0, max_corrections=2, seed=1)
+        tiny_model(image, boxes, target=target, interaction=off)
+        assert off.last_distractors == []
     finally:
         tiny_model.eval()
         tiny_model.zero_grad(set_to_none=True)

@@ -28,7 +28,7 @@ from medsam_peft.engines import (
 )
 from medsam_peft.models import build_sam, set_attention_backend
 from medsam_peft.transforms import SemanticFromQueries
-from medsam_peft.tuners import get_tuned_model, load_tuned_sam, save_adapter
+from medsam_peft.tuners import build_tuned_sam, get_tuned_model, load_tuned_sam, save_adapter
 from tests.conftest import COLIN27_DIR
 
 REPO = Path(__file__).resolve().parents[2]
@@ -138,6 +138,23 @@ def test_semantic_map_is_the_softmax_weighted_sum_of_sigmoid_masks() -> None:
         for c in range(3):  # the last column, "no object", is dropped
             expected[c] += probs[c] * torch.sigmoid(pred["masks"][q])
     assert torch.allclose(SemanticFromQueries()(pred), expected, atol=1e-6)
+
+
+def test_probabilities_output_is_the_semantic_map_of_the_queries_for_each_image() -> None:
+    """semantic_output "probabilities" (an exported bundle's network_def, for MONAI's bundle tools): one (B, C, S, S)
+    tensor equal, image by image, to SemanticFromQueries of the queries the default forward returns."""
+    torch.manual_seed(0)
+    model = build_tuned_sam("vit_tiny", None, "lora", image_size=64, mask_tokens=None, num_classes=3).eval()
+    image = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        queries = model(image)
+        model.model.semantic_output = "probabilities"
+        probabilities = model(image)
+    assert probabilities.shape == (2, 3, 64, 64)
+    for i in range(2):
+        expected = SemanticFromQueries()({k: v[i] for k, v in queries.items()})
+        assert torch.allclose(probabilities[i], expected, atol=1e-6)
+    assert not torch.allclose(probabilities[0], probabilities[1], atol=1e-3)  # each image its own map
 
 
 def _independent_set_loss(masks, classes, label, num_classes, no_object=0.1, by_class=False):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from monai.transforms import Transform
 
+from medsam_peft.models.promptable_sam import query_probabilities
+
 
 class SemanticFromQueries(Transform):
     """Per-class probabilities (C, H, W) from one item of the multi-class decoder's output.
@@ -16,6 +18,4 @@ class SemanticFromQueries(Transform):
     def __call__(self, pred: dict[str, torch.Tensor]) -> torch.Tensor:
         if not isinstance(pred, dict) or not {"masks", "classes"} <= set(pred):
             raise ValueError("SemanticFromQueries expects the multi-class decoder's {'masks', 'classes'} output")
-        classes = torch.as_tensor(pred["classes"]).float().softmax(-1)[..., :-1]  # (Q, C)
-        masks = torch.as_tensor(pred["masks"]).float().sigmoid()  # (Q, H, W)
-        return torch.einsum("qc,qhw->chw", classes, masks)
+        return query_probabilities(torch.as_tensor(pred["masks"]), torch.as_tensor(pred["classes"]))
