@@ -74,30 +74,19 @@ def random_foreground_click(target: np.ndarray, rng: np.random.RandomState) -> C
     return float(cols[i]), float(rows[i]), 1
 
 
-def distractor_mask(target: np.ndarray, content: np.ndarray, rng: np.random.RandomState,
-                    max_overlap: float = 0.1, tries: int = 20) -> np.ndarray | None:
-    """A copy of ``target`` ((H, W) bool) placed where it is not: mirrored about the vertical centre line of
-    ``content`` (the image's non-padding pixels) when it overlaps the target by at most ``max_overlap`` (IoU), else
-    shifted by a random offset that keeps it inside the image and off the target; None when no place is found."""
-    height, width = target.shape
-    columns = np.nonzero(content.any(0))[0]
-    if columns.size:
-        mirrored = np.zeros_like(target)
-        source = np.arange(width)
-        reflected = columns[0] + columns[-1] - source  # column x of the mirror shows column reflected[x]
-        inside = (reflected >= 0) & (reflected < width)
-        mirrored[:, source[inside]] = target[:, reflected[inside]]
-        if mirrored.any() and (mirrored & target).sum() <= max_overlap * (mirrored | target).sum():
-            return mirrored
-    rows, cols = np.nonzero(target)
-    for _ in range(tries):
-        dy = rng.randint(-rows.min(), height - rows.max())
-        dx = rng.randint(-cols.min(), width - cols.max())
-        shifted = np.zeros_like(target)
-        shifted[rows + dy, cols + dx] = True
-        if not (shifted & target).any():
-            return shifted
-    return None
+def background_click(target: np.ndarray, content: np.ndarray, rng: np.random.RandomState) -> Click | None:
+    """A negative click in ``content`` ((H, W) bool, the image's non-padding pixels) off ``target``: with equal chance
+    in the band around the target (within max(2, sqrt(area) / 2) pixels) or anywhere; None when there is no such
+    pixel."""
+    outside = ~target & content
+    if target.any() and rng.rand() < 0.5:
+        width = max(2.0, 0.5 * float(np.sqrt(target.sum())))
+        outside = outside & (distance_transform_edt(~target) <= width)
+    rows, cols = np.nonzero(outside)
+    if rows.size == 0:
+        return None
+    i = rng.randint(rows.size)
+    return float(cols[i]), float(rows[i]), 0
 
 
 def pack_clicks(clicks: Sequence[Sequence[Click]], device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -148,13 +137,11 @@ class SimulatedAnnotator(Randomizable):
             ``iou_loss_weight``, auxiliary loss too). In the protocol and the label server the first click's mask is
             the most confident one that agrees with the click. Needs SAM's four mask tokens.
         iou_loss_weight: weight of the IoU head's MSE (SAM: 1).
-        distractor_probability: chance that a training sample's first correction round sees a distractor: a copy of
-            its target mask, mirrored about the image content's vertical centre line (bilateral anatomy: the
-            counterpart structure) or, where that overlaps the target, shifted to a free place, written into the
-            round's predicted logits as a confident false positive, so the next click is the negative click in it and
-            the model learns to remove a whole wrong structure it was shown. The protocol's failure it addresses:
-            a model trained on one hemisphere segmented the other hemisphere's counterpart and followed its prior
-            there over negative clicks.
+        negative_clicks: most background clicks added to a training sample's first prompt (0..n drawn per
+            sample; RITM's multi-point sampling): each lies, with equal chance, in a band around the target (as wide
+            as half the square root of its area, at least 2 pixels) or anywhere off it in the image content (pixels
+            that differ from the padding colour). A model trained only on corrections saw few negative clicks and
+            answered them as positive ones (measured: the mask grew towards the click and left the target).
         supervise_every_round: also train the prediction of every correction round before the last (SAM and
             micro-sam supervise each iteration): those rounds decode with gradients and their mean Dice + BCE joins the
             auxiliary loss; the mask fed to the next round stays detached, as in SAM. Off: only the last round is
@@ -164,7 +151,7 @@ class SimulatedAnnotator(Randomizable):
     def __init__(self, box_probability: float = 0.5, max_corrections: int = 7, clicks: int = 5,
                  mask_prompt: bool = True, centre_probability: float = 0.5, seed: int | None = 0,
                  multimask: bool = False, iou_loss_weight: float = 1.0, supervise_every_round: bool = False,
-                 distractor_probability: float = 0.0) -> None:
+                 negative_clicks: int = 0) -> None:
         if not 0.0 <= box_probability <= 1.0:
             raise ConfigError(f"box_probability must be in [0, 1], got {box_probability}")
         if max_corrections < 0 or clicks < 1:
@@ -179,10 +166,9 @@ class SimulatedAnnotator(Randomizable):
         self.multimask = bool(multimask)
         self.iou_loss_weight = float(iou_loss_weight)
         self.supervise_every_round = bool(supervise_every_round)
-        if not 0.0 <= distractor_probability <= 1.0:
-            raise ConfigError(f"distractor_probability must be in [0, 1], got {distractor_probability}")
-        self.distractor_probability = float(distractor_probability)
-        self.last_distractors: list[np.ndarray | None] = []
+        if negative_clicks < 0:
+            raise ConfigError(f"negative_clicks must be >= 0, got {negative_clicks}")
+        self.negative_clicks = int(negative_clicks)
         self.last_clicks: list[list[Click]] = []
         self.last_rounds = 0
         self.set_random_state(seed)
@@ -210,13 +196,20 @@ class SimulatedAnnotator(Randomizable):
             # An empty target has no foreground to click: it keeps its box (the whole image for an empty mask).
             use_box.append(first is None and boxes is not None)
             clicks.append([first] if first is not None else [])
+        if self.negative_clicks:
+            content = ((image - image[:, :, -1:, -1:]).abs().amax(1) > 1e-3).cpu().numpy()  # not the pad colour
+            for sample, tgt, inside in zip(clicks, targets, content):
+                for _ in range(int(self.R.randint(0, self.negative_clicks + 1))):
+                    click = background_click(tgt, inside, self.R)
+                    if click is not None:
+                        sample.append(click)
         box_prompts = None
         if boxes is not None and any(use_box):
             keep = torch.tensor(use_box, device=boxes.device).reshape(-1, *([1] * (boxes.ndim - 1)))
             box_prompts = torch.where(keep, boxes.float(), torch.full_like(boxes.float(), float("nan")))
         mask_inputs = None
         rounds = int(self.R.randint(0, self.max_corrections + 1))
-        lone = [i for i, sample in enumerate(clicks) if not use_box[i] and sample]
+        lone = [i for i, sample in enumerate(clicks) if not use_box[i] and len(sample) == 1]  # one click, nothing else
         supervised = self.supervise_every_round and torch.is_grad_enabled()
         target = torch.as_tensor(np.stack(targets), device=image.device).float()[:, None]
         round_losses = []
@@ -236,8 +229,6 @@ class SimulatedAnnotator(Randomizable):
                     multi = model.decode_lone_click(embeddings[index], first, first_labels, low_res[index])
                     low_res = low_res.clone()
                     low_res[index] = multi.to(low_res.dtype)
-                if round_index == 0 and self.distractor_probability > 0:
-                    low_res = self._add_distractors(low_res, image, targets)
                 for sample, pred, tgt in zip(clicks, _masks(model.upscale(low_res, size)), targets):
                     centre = self.R.rand() < self.centre_probability
                     click = centre_click(pred, tgt) if centre else random_error_click(pred, tgt, self.R)
@@ -253,27 +244,6 @@ class SimulatedAnnotator(Randomizable):
         if pending and hasattr(model, "pending_loss"):
             model.pending_loss = torch.stack(pending).sum()
         return logits
-
-    def _add_distractors(self, low_res: torch.Tensor, image: torch.Tensor, targets: list[np.ndarray]) -> torch.Tensor:
-        """``low_res`` with a distractor (see ``distractor_probability``) written into the chosen samples' logits at the
-        confidence of their own foreground; ``last_distractors`` keeps each sample's distractor mask (input frame)."""
-        low_res = low_res.clone()
-        content = (image - image[:, :, -1:, -1:]).abs().amax(1) > 1e-3  # (B, S, S): differs from the pad colour
-        self.last_distractors = []
-        for i, tgt in enumerate(targets):
-            distractor = None
-            if tgt.any() and self.R.rand() < self.distractor_probability:
-                distractor = distractor_mask(tgt, content[i].cpu().numpy(), self.R)
-            self.last_distractors.append(distractor)
-            if distractor is None:
-                continue
-            small = F.interpolate(torch.as_tensor(distractor, device=low_res.device)[None, None].float(),
-                                  size=low_res.shape[-2:], mode="nearest")[0, 0] > 0.5
-            plane = low_res[i, 0]
-            positive = plane[plane > 0]
-            confidence = float(positive.mean()) if positive.numel() else 8.0
-            low_res[i, 0] = torch.where(small, torch.clamp(plane, min=confidence), plane)
-        return low_res
 
     def _train_multimask(self, model, embeddings, clicks, targets, lone, size) -> torch.Tensor:
         """The first click of the samples that started from one: its three masks decoded with gradients; returns the
@@ -410,5 +380,5 @@ def interactive_key_metric(name: str, clicks: int = 5) -> dict[str, Any]:
 
 
 __all__ = ["InteractivePrepareBatch", "NumberOfClicks", "NumberOfClicksMetric", "SimulatedAnnotator", "centre_click",
-           "dice_per_round", "distractor_mask", "interactive_key_metric", "interactive_metrics", "pack_clicks", "random_error_click",
+           "background_click", "dice_per_round", "interactive_key_metric", "interactive_metrics", "pack_clicks", "random_error_click",
            "round_output"]

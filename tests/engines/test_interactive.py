@@ -12,7 +12,7 @@ from medsam_peft.engines.interactive import (
     NumberOfClicksMetric,
     SimulatedAnnotator,
     centre_click,
-    distractor_mask,
+    background_click,
     random_error_click,
 )
 
@@ -162,53 +162,51 @@ def test_training_step_trains_the_last_round_from_box_or_clicks_consistent_with_
         tiny_model.zero_grad(set_to_none=True)
 
 
-def test_distractor_is_the_target_mirrored_about_the_content_centre_or_shifted_off_it() -> None:
-    content = np.zeros((40, 64), bool)
-    content[:, 4:50] = True  # padding on the right: the content's centre line is x = 26.5
-    target = np.zeros((40, 64), bool)
-    target[10:20, 8:15] = True
-    mirrored = distractor_mask(target, content, np.random.RandomState(0))
-    expected = np.zeros_like(target)
-    expected[10:20, 39:46] = True  # x -> 4 + 49 - x
-    assert np.array_equal(mirrored, expected)
-    central = np.zeros((40, 64), bool)
-    central[5:15, 22:32] = True  # straddles the centre line: its mirror would overlap it
-    for seed in range(5):
-        shifted = distractor_mask(central, content, np.random.RandomState(seed))
-        assert shifted.sum() == central.sum() and not (shifted & central).any()
-        rows, cols = np.nonzero(shifted)
-        assert rows.max() - rows.min() == 9 and cols.max() - cols.min() == 9  # the same shape, moved
-    assert distractor_mask(np.ones((8, 8), bool), np.ones((8, 8), bool), np.random.RandomState(0)) is None
+def test_background_clicks_are_off_the_target_half_of_them_in_the_band_around_it() -> None:
+    from scipy.ndimage import distance_transform_edt
+
+    target = np.zeros((64, 64), bool)
+    target[20:36, 20:36] = True  # 256 pixels: band width 8
+    content = np.zeros((64, 64), bool)
+    content[:, :56] = True
+    distance = distance_transform_edt(~target)
+    rng = np.random.RandomState(0)
+    clicks = [background_click(target, content, rng) for _ in range(400)]
+    assert all(label == 0 and not target[int(y), int(x)] for x, y, label in clicks)
+    assert all(content[int(y), int(x)] for x, y, _ in clicks)
+    near = np.mean([distance[int(y), int(x)] <= 8 for x, y, _ in clicks])
+    # half from the band, the other half uniform over the content (of which the band is 704 / 3328 pixels)
+    assert 0.5 + 0.5 * 704 / 3328 - 0.08 < near < 0.5 + 0.5 * 704 / 3328 + 0.08
+    assert background_click(np.ones((8, 8), bool), np.ones((8, 8), bool), rng) is None
 
 
-def test_distractor_training_places_the_first_correction_on_the_prediction_with_the_distractor(tiny_model) -> None:
-    """The first correction is the protocol's click on round 0's prediction with the distractor written in as a
-    confident false positive (re-decoded and re-injected here by hand); without the option nothing is added."""
+def test_negative_clicks_join_the_first_prompt_and_are_decoded_with_it(tiny_model) -> None:
+    """negative_clicks: 0..n background clicks after each sample's first prompt (box or click), none on the target or
+    in the padding; the last round's output equals a plain decode of the recorded prompts."""
     image, target = torch.rand(2, 3, 64, 64), _target()
     image[:, :, :, 56:] = 0.0  # padding: the content is columns 0..55
     boxes = torch.tensor([[12.0, 10.0, 39.0, 29.0], [20.0, 30.0, 49.0, 59.0]])
-    annotator = SimulatedAnnotator(1.0, max_corrections=2, centre_probability=1.0, seed=1, distractor_probability=1.0)
+    annotator = SimulatedAnnotator(0.5, max_corrections=0, seed=2, negative_clicks=3)
     tiny_model.train()
+    counts = set()
     try:
-        while True:
-            tiny_model(image, boxes, target=target, interaction=annotator)
-            if annotator.last_rounds >= 1:
-                break
-        sam = tiny_model.model
-        with torch.no_grad():
-            round0 = sam.decode(sam.encode_image(image), boxes)
-        for i, (distractor, sample) in enumerate(zip(annotator.last_distractors, annotator.last_clicks)):
-            tgt = target[i, 0].numpy() > 0.5
-            assert distractor is not None and distractor.sum() == tgt.sum() and not (distractor & tgt).any()
-            plane = round0[i, 0]
-            confidence = float(plane[plane > 0].mean()) if (plane > 0).any() else 8.0
-            footprint = torch.as_tensor(distractor[::4, ::4])  # nearest down-sampling 64 -> 16
-            injected = torch.where(footprint, plane.clamp(min=confidence), plane)
-            prediction = sam.upscale(injected[None, None], (64, 64))[0, 0].numpy() > 0
-            assert sample[0] == centre_click(prediction, tgt)  # started from the box: click 1 is correction 1
-        off = SimulatedAnnotator(1.0, max_corrections=2, seed=1)
-        tiny_model(image, boxes, target=target, interaction=off)
-        assert off.last_distractors == []
+        for _ in range(8):
+            out = tiny_model(image, boxes, target=target, interaction=annotator)
+            for i, sample in enumerate(annotator.last_clicks):
+                started_from_click = bool(sample) and sample[0][2] == 1
+                negatives = sample[1:] if started_from_click else sample
+                assert all(label == 0 and target[i, 0, int(y), int(x)] == 0 and x < 56 for x, y, label in negatives)
+                counts.add(len(negatives))
+            # no correction round: the output is the decode of exactly these prompts (box where no click started)
+            sam = tiny_model.model
+            with torch.no_grad():
+                for i, sample in enumerate(annotator.last_clicks):
+                    box = None if sample and sample[0][2] == 1 else boxes[i:i + 1]
+                    pts = torch.tensor([[c[:2] for c in sample]]) if sample else None
+                    labs = torch.tensor([[float(c[2]) for c in sample]]) if sample else None
+                    expected = sam.upscale(sam.decode(sam.encode_image(image[i:i + 1]), box, pts, labs), (64, 64))
+                    torch.testing.assert_close(out[i:i + 1].detach(), expected, atol=1e-4, rtol=1e-4)
+        assert counts == {0, 1, 2, 3}
     finally:
         tiny_model.eval()
         tiny_model.zero_grad(set_to_none=True)
