@@ -14,6 +14,7 @@ import pytest
 from monai.data import load_decathlon_datalist
 from PIL import Image
 
+from medsam_peft.tuners.adapter_io import read_adapter
 from tests.bundle_runner import run_bundle as _run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,7 +34,9 @@ def interactive_run(tmp_path_factory):
 
 def test_click_protocol_metrics_are_reported_zero_shot_and_tuned(interactive_run) -> None:
     out, _, log = interactive_run
-    report = (out / "run" / "metric_report.txt").read_text().splitlines()
+    lines = (out / "run" / "metric_report.txt").read_text().splitlines()
+    best_lines = [line for line in lines if ": best " in line]
+    report = [line for line in lines if ": best " not in line]
     names = [line.split(":")[0] for line in report]
     assert names == ["val_dice_click1", "val_box_dice", "val_dice_click3", "val_noc85", "val_noc90"], report
     assert "val_dice_click1 zero-shot (before tuning)" in log
@@ -46,6 +49,16 @@ def test_click_protocol_metrics_are_reported_zero_shot_and_tuned(interactive_run
     assert run["metrics.val_dice_click3"] == pytest.approx(values["val_dice_click3"][1], abs=1e-4)
     history = mlflow.MlflowClient().get_metric_history(run["run_id"], "val_noc90")
     assert [m.step for m in history] == [0, 1, 2]
+    # the report names the best epoch when it is not the last: the epoch adapter_best.safetensors was saved at
+    key = {m.step: m.value for m in mlflow.MlflowClient().get_metric_history(run["run_id"], "val_dice_click1")}
+    best_epoch = max(sorted(key), key=lambda step: key[step])
+    saved = read_adapter(out / "run" / "checkpoints" / "adapter_best.safetensors")["metadata"]["validation"]
+    assert saved["epoch"] == best_epoch and saved["metrics"]["val_dice_click1"] == pytest.approx(key[best_epoch])
+    if best_epoch != 2 and key[best_epoch] != key[2]:
+        assert best_lines == [f"val_dice_click1: best {key[best_epoch]:.4f} at epoch {best_epoch} "
+                              "(checkpoints/adapter_best.safetensors, what predict and export-bundle use)"]
+    else:
+        assert best_lines == []
     assert json.loads((out / "run" / "run_config.json").read_text())["prompt"] == "interactive"
 
 

@@ -14,8 +14,9 @@ class MetricProgressReport:
     """Print the key validation metric before training (zero-shot) and after each validation, and the change."""
 
     def __init__(self, validator: Engine, metric: str, label: str = "", output_file: str | None = None,
-                 also: list[str] | tuple[str, ...] = ()) -> None:
+                 also: list[str] | tuple[str, ...] = (), lower_is_better: bool = False) -> None:
         self.validator = validator
+        self.lower_is_better = lower_is_better  # as BestAdapterCheckpoint judges the key metric
         self.metric = metric
         self.label = label
         self.output_file = output_file
@@ -68,6 +69,13 @@ class MetricProgressReport:
                 before, after = values[0], values[last_epoch]
                 lines.append(f"{self.label}{name}: zero-shot {before:.4f} -> tuned {after:.4f} (epoch {last_epoch}, "
                              f"{after - before:+.4f})")
+        # "tuned" is the last validation; checkpoints/adapter_best.safetensors (what predict and export-bundle take
+        # from a run folder) holds the best one, which a user must see when it is another epoch
+        pick = min if self.lower_is_better else max
+        best_epoch, best = pick(self.history, key=lambda item: item[1])
+        if best_epoch != last_epoch and best != last:
+            lines.append(f"{self.label}{self.metric}: best {best:.4f} at epoch {best_epoch} "
+                         "(checkpoints/adapter_best.safetensors, what predict and export-bundle use)")
         print("\n".join(lines), flush=True)
         if self.output_file:
             atomic_write_bytes(self.output_file, ("\n".join(lines) + "\n").encode())
