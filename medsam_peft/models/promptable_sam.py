@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from medsam_peft.errors import ConfigError
 from medsam_peft.models.embedding_cache import TrunkEmbeddingCache, vit_neck, vit_trunk
+from medsam_peft.transforms.semantic.array import query_probabilities
 from medsam_peft.utils.graph_capture import graph_capture
 
 # SAM's pixel statistics are given on the 0-255 scale; our inputs are in [0, 1].
@@ -28,14 +29,6 @@ DEFAULT_QUERY_INIT = "class"
 
 
 SEMANTIC_OUTPUTS = ("queries", "probabilities")
-
-
-def query_probabilities(masks: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """Per-class probabilities from the multi-class decoder's queries: ``p[c] = sum_q softmax(classes_q)[c] *
-    sigmoid(masks_q)``, the "no object" column dropped (the Conv-LoRA reference's
-    ``apply_multi_class_semantic_seg_postprocess``). (..., Q, H, W) masks and (..., Q, C + 1) classes -> (..., C, H, W)."""
-    weights = classes.float().softmax(-1)[..., :-1]
-    return torch.einsum("...qc,...qhw->...chw", weights, masks.float().sigmoid())
 
 
 class PromptableSam(nn.Module):

@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 from monai.transforms import Transform
 
-from medsam_peft.models.promptable_sam import query_probabilities
+
+def query_probabilities(masks: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Per-class probabilities from the multi-class decoder's queries: ``p[c] = sum_q softmax(classes_q)[c] *
+    sigmoid(masks_q)``, the "no object" column dropped (the Conv-LoRA reference's
+    ``apply_multi_class_semantic_seg_postprocess``). (..., Q, H, W) masks and (..., Q, C + 1) classes -> (..., C, H, W)."""
+    weights = classes.float().softmax(-1)[..., :-1]
+    return torch.einsum("...qc,...qhw->...chw", weights, masks.float().sigmoid())
 
 
 class SemanticFromQueries(Transform):
