@@ -194,7 +194,8 @@ def run_evaluation(run_dir: Path, meta: dict[str, Any]) -> tuple[str, dict[str, 
     return "not run", {"split": "", "metrics": {}}
 
 
-def _datalist_summary(run: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
+def datalist_summary(run: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
+    """The ``meta`` of a training run's datalist (``run["datalist_file"]``) and its split sizes; empty if absent."""
     path = run.get("datalist_file")
     if not path or not Path(path).is_file():
         return {}, {}
@@ -203,22 +204,18 @@ def _datalist_summary(run: dict[str, Any]) -> tuple[dict[str, Any], dict[str, in
     return datalist.get("meta", {}) if isinstance(datalist.get("meta"), dict) else {}, counts
 
 
-def class_names(data_meta: dict[str, Any], num_classes: int) -> list[str]:
-    """A multi-class model's channel names: the datalist's ``meta.classes`` when it names every class, else
-    ``background, class_1, ...``."""
-    names = data_meta.get("classes")
-    if isinstance(names, list) and len(names) == num_classes:
-        return [str(n) for n in names]
-    return ["background"] + [f"class_{i}" for i in range(1, num_classes)]
-
-
-def run_classes(run: dict[str, Any], meta: dict[str, Any]) -> tuple[int | None, list[str] | None]:
-    """(num_classes, class names) of a training run's adapter (``meta``: its metadata, the decoder it was saved with
-    is the truth; runs before run_config.json recorded num_classes are multi-class too); (None, None) if binary."""
+def run_classes(meta: dict[str, Any], data_meta: dict[str, Any]) -> tuple[int | None, list[str] | None]:
+    """(num_classes, class names) of an adapter (``meta``: its metadata; the decoder it was saved with is the truth,
+    so runs whose run_config.json predates num_classes are multi-class too); (None, None) if binary. The names are
+    the datalist's ``meta.classes`` (``data_meta``) when they name every class, else ``background, class_1, ...``."""
     num_classes = meta.get("decoder", {}).get("num_classes")
     if not num_classes:
         return None, None
-    return int(num_classes), class_names(_datalist_summary(run)[0], int(num_classes))
+    num_classes = int(num_classes)
+    names = data_meta.get("classes")
+    if isinstance(names, list) and len(names) == num_classes:
+        return num_classes, [str(n) for n in names]
+    return num_classes, ["background"] + [f"class_{i}" for i in range(1, num_classes)]
 
 
 def _base_weights(backbone: str, checkpoint: str) -> dict[str, str] | None:
@@ -303,13 +300,13 @@ def export_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, adapte
     report_file = run_dir / "parameter_report.json"
     report = json.loads(report_file.read_text()) if report_file.is_file() else {}
     evaluated, evaluation = run_evaluation(run_dir, meta)
-    data_meta, counts = _datalist_summary(run)
+    data_meta, counts = datalist_summary(run)
     modality, data_type = dataset_modality(str(run.get("dataset", "")))
     report_lines = (run_dir / "metric_report.txt").read_text().splitlines() if (run_dir / "metric_report.txt").is_file() else []
-    num_classes = meta.get("decoder", {}).get("num_classes")
+    num_classes, names = run_classes(meta, data_meta)
     task = "Multi-class" if num_classes else "Binary"
     if num_classes:
-        run["num_classes"], run["class_names"] = int(num_classes), class_names(data_meta, int(num_classes))
+        run["num_classes"], run["class_names"] = num_classes, names
     channel_def = dict(enumerate(run["class_names"])) if num_classes else {0: "background", 1: label_name}
     label_text = ", ".join(f"{i} {n}" for i, n in channel_def.items())
     metadata = {

@@ -186,11 +186,11 @@ class BundlePredictor:
         self._adapter_override = Path(adapter_file)
         if not self._adapter_override.is_file():
             raise BundleError(f"adapter file {adapter_file} not found")
-        from medsam_peft.export import run_classes
+        from medsam_peft.export import datalist_summary, run_classes
         from medsam_peft.tuners.adapter_io import read_adapter
 
         # the adapter's decoder decides binary or multi-class (run_config.json of older runs does not say)
-        num_classes, names = run_classes(settings, read_adapter(self._adapter_override)["metadata"])
+        num_classes, names = run_classes(read_adapter(self._adapter_override)["metadata"], datalist_summary(settings)[0])
         labels = {"foreground": 1}
         if num_classes:
             settings = {**settings, "num_classes": num_classes, "class_names": names}
