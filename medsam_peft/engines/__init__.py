@@ -24,7 +24,13 @@ from medsam_peft.engines.interactive import (
     round_output,
 )
 from medsam_peft.engines.losses import BalancedBCEWithLogitsLoss, MaskClassificationLoss, StructureLoss
-from medsam_peft.engines.metrics import BalancedErrorRate, SemanticSegmentationMetric, SodMetric, dice_score
+from medsam_peft.engines.metrics import (
+    BalancedErrorRate,
+    SemanticSegmentationMetric,
+    SodMetric,
+    dice_score,
+    lower_is_better,
+)
 from medsam_peft.engines.reporting import predict_volumes, write_metrics
 from medsam_peft.engines.settings import check_settings
 from medsam_peft.engines.workflow import (
@@ -49,6 +55,6 @@ __all__ = [
     "SemanticSegmentationMetric",
     "AdapterState", "AutocastInferer", "AuxLossHandler", "BestAdapterCheckpoint", "BalancedBCEWithLogitsLoss", "BalancedErrorRate",
     "EpochSummary", "GradientClipHandler", "MetricProgressReport", "OverlayWriter", "ProgressBar",
-    "ResumeCheckpoint", "RngState", "SafeMLFlowHandler", "SodMetric", "StructureLoss", "dice_score",
+    "ResumeCheckpoint", "RngState", "SafeMLFlowHandler", "SodMetric", "StructureLoss", "dice_score", "lower_is_better",
     "check_settings", "optimizer_groups", "predict_volumes", "prompt_keys", "require_datalist", "write_metrics", "tracked_params", "write_parameter_report",
 ]

@@ -8,6 +8,7 @@ logits, before thresholding) and binary labels. BER and multi-volume 3-D Dice ar
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -28,6 +29,18 @@ SOD_METRICS = {
     "wfm": (py_sod_metrics.WeightedFmeasure, lambda r: r["wfm"]),
     "mae": (py_sod_metrics.MAE, lambda r: r["mae"]),
 }
+
+
+# Metrics where a smaller value is better, by the part of the name after ``<prefix>_``: mean absolute error, balanced
+# error rate (per image or over the dataset) and the number of clicks to a Dice threshold (``noc85``, ``noc90``).
+LOWER_IS_BETTER = re.compile(r"(mae|ber|ber_dataset|noc\d+)")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller value of the validation metric ``metric`` (``val_mae``, ``val_noc85``, ...) is better: the
+    direction the best-adapter checkpoint, early stopping, the evaluator's best metric and the report judge it by."""
+    _, _, kind = str(metric).partition("_")
+    return LOWER_IS_BETTER.fullmatch(kind) is not None
 
 
 def _planes(batch: torch.Tensor | Sequence[torch.Tensor]) -> list[np.ndarray]:

@@ -105,3 +105,43 @@ def test_early_stopping_ends_a_run_that_stops_improving(small_data, tmp_path, mo
     trainer = workflow.parser.get_parsed_content("train#trainer")
     assert trainer.state.epoch == 1 and trainer.state.max_epochs == 6
     workflow.finalize()
+
+
+def test_every_metric_a_bundle_can_name_has_its_direction() -> None:
+    """A key metric where lower is better must be judged so everywhere (best adapter, early stopping, report)."""
+    from monai.bundle import ConfigParser
+
+    from medsam_peft.engines import interactive_metrics, lower_is_better, semantic_metrics
+
+    names = set(interactive_metrics(5)) | set(semantic_metrics(3, ["a", "b", "c"])) | {"val_miou", "val_foreground_miou"}
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "configs" / "metrics.json"))
+    for section, content in parser.get().items():
+        if isinstance(content, dict):
+            names |= set(content)
+    lower = {name for name in names if lower_is_better(name)}
+    assert lower == {"val_mae", "val_ber", "val_ber_dataset", "val_noc85", "val_noc90"}, sorted(lower)
+    assert "val_mean_dice" in names and "val_dice_click3" in names and "val_sm" in names
+
+
+@pytest.mark.parametrize(("key_metric", "lower"), [("val_noc85", True), ("val_dice_click3", False)])
+def test_key_metric_direction_reaches_every_judge(key_metric, lower, small_data, tmp_path, monkeypatch) -> None:
+    """--key_metric val_noc85 on the interactive demo: the best adapter, the report, the evaluator's best metric and
+    early stopping all prefer fewer clicks (they used to keep the epoch needing the most)."""
+    from monai.bundle import ConfigParser
+
+    monkeypatch.chdir(REPO)
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / "conv_lora_demo_interactive.json"))
+    parser.update({"key_metric": key_metric, "dataset_dir": str(small_data), "output_dir": str(tmp_path),
+                   "backbone": "vit_tiny", "checkpoint": "", "image_size": 128, "early_stop_patience": 2})
+    assert parser.get_parsed_content("validate#best_checkpoint").lower_is_better is lower
+    assert parser.get_parsed_content("train#progress_report").lower_is_better is lower
+    evaluator = parser.get_parsed_content("validate#evaluator")
+    assert evaluator.metric_cmp_fn(3.0, 4.0) is lower  # 3 clicks after 4: better only when lower is better
+    stop = parser.get_parsed_content("validate#early_stop")
+
+    class State:
+        metrics = {key_metric: 3.0}
+
+    assert stop.score_function(type("Engine", (), {"state": State})()) == (-3.0 if lower else 3.0)
