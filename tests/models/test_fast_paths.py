@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -335,7 +337,7 @@ def test_conv_lora_expert_fast_path_equals_the_plain_path_in_values_and_gradient
         torch.testing.assert_close(fast_grads[name], grad, rtol=1e-3, atol=1e-6, msg=name)
 
 
-def test_conv_lora_expert_fast_path_runs_channels_last_in_float32_and_the_plain_path_under_autocast() -> None:
+def test_conv_lora_expert_fast_path_runs_channels_last_in_float32_and_in_bf16_inference() -> None:
     torch.manual_seed(0)
     expert = ScaleConvExpert(3, scale=3)
     torch.nn.init.normal_(expert.conv.weight)
@@ -345,10 +347,59 @@ def test_conv_lora_expert_fast_path_runs_channels_last_in_float32_and_the_plain_
     x = torch.randn(4, 3, 14, 14)
     fast = expert(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        under_autocast = expert(x.bfloat16())
+        with torch.no_grad():
+            under_autocast = expert(x.bfloat16())
+            expert(x)  # float32 input under autocast (not what the bottleneck gives): the plain path
+        expert(x.bfloat16().requires_grad_(True))  # bf16 training: the plain path
     expert.cpu_fast_path = False
     plain = expert(x)
     assert seen[0] == (torch.float32, True)  # fast: channels-last float32
-    assert seen[1][0] == torch.bfloat16 and under_autocast.dtype == torch.bfloat16  # autocast: the plain path
-    assert seen[2] == (torch.float32, False)
+    assert seen[1] == (torch.bfloat16, True) and under_autocast.dtype == torch.bfloat16  # inference: channels-last bf16
+    assert seen[2] == (torch.float32, False)  # the plain path (autocast casts inside the convolution)
+    assert seen[3] == (torch.bfloat16, False)
+    assert seen[4] == (torch.float32, False)
     torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [1, 4, 8])
+def test_conv_lora_expert_bf16_fast_path_is_as_accurate_as_the_plain_bf16_path(scale) -> None:
+    """Under bf16 autocast both paths compute in bf16; against a float64 evaluation of the expert the fast path's
+    output and gradients (input, convolution weight) err no more than the plain path's, within bf16 rounding."""
+    torch.manual_seed(scale)
+    expert = ScaleConvExpert(3, scale=scale)
+    torch.nn.init.normal_(expert.conv.weight, std=0.5)
+    x = torch.randn(24, 3, 7, 7).bfloat16()
+    upstream = torch.randn(24, 3, 7, 7)
+
+    def run(fast: bool, dtype: torch.dtype = torch.bfloat16):
+        # the fast arithmetic called directly: forward takes it under bf16 only without autograd, gradients are
+        # checked here all the same (it is what float32 training runs)
+        expert.cpu_fast_path = False
+        probe = copy.deepcopy(expert).to(dtype) if dtype == torch.float64 else expert
+        probe.zero_grad(set_to_none=True)
+        inp = x.to(dtype).clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype != torch.float64):
+            out = probe._fast(inp) if fast else probe(inp)
+        (out.double() * upstream.double()).sum().backward()
+        return [t.detach().double() for t in (out, inp.grad, probe.conv.weight.grad)]
+
+    truth = run(False, torch.float64)
+    for plain, fast, exact, what in zip(run(False), run(True), truth, ("output", "input grad", "weight grad")):
+        plain_error, fast_error = (plain - exact).abs().max(), (fast - exact).abs().max()
+        assert fast_error <= 2 * plain_error + 1e-6, (what, float(fast_error), float(plain_error))
+        assert fast_error <= 2 ** -6 * exact.abs().max(), (what, float(fast_error))  # bf16: 8 significant bits
+
+
+def test_conv_lora_bf16_inference_fast_path_matches_the_plain_path_in_a_tuned_model() -> None:
+    """bf16 inference (what the label server and evaluation run on a bf16 CPU): same probabilities to bf16 noise."""
+    torch.manual_seed(0)
+    model = build_tuned_sam("vit_tiny", tuner="conv_lora", tuner_options={"init_weights": False}).eval()
+    images = torch.rand(2, 3, 128, 128)
+    probabilities = {}
+    for fast in (False, True):
+        set_expert_fast_path(model, fast)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            probabilities[fast] = model(images, boxes=BOXES).float().sigmoid()
+    difference = (probabilities[True] - probabilities[False]).abs()
+    assert float(difference.mean()) < 5e-3 and float(difference.max()) < 0.1, (difference.mean(), difference.max())
+    assert not torch.equal(probabilities[True], probabilities[False])  # the two paths did run different arithmetic

@@ -82,27 +82,31 @@ class NoisyTopOneGate(nn.Module):
 
 
 @functools.lru_cache(maxsize=256)
-def bicubic_matrix(size_in: int, size_out: int, device: torch.device) -> torch.Tensor:
-    """(size_out, size_in) float32 matrix M with ``M @ v`` = ``F.interpolate(v, size_out, mode="bicubic")`` along one
-    axis: PyTorch's bicubic resampling (align_corners False, border-clamped) is linear and separable, so it is the
-    interpolation of each basis vector, computed once per size in float64."""
+def bicubic_matrix(size_in: int, size_out: int, device: torch.device,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(size_out, size_in) matrix M with ``M @ v`` = ``F.interpolate(v, size_out, mode="bicubic")`` along one axis:
+    PyTorch's bicubic resampling (align_corners False, border-clamped) is linear and separable, so it is the
+    interpolation of each basis vector, computed once per size in float64 and rounded once to ``dtype``."""
     basis = torch.eye(size_in, dtype=torch.float64)[:, None, :, None]  # (size_in, 1, size_in, 1)
     resampled = F.interpolate(basis, size=(size_out, 1), mode="bicubic")[:, 0, :, 0]  # (size_in, size_out)
-    return resampled.T.to(device=device, dtype=torch.float32).contiguous()
+    return resampled.T.to(device=device, dtype=dtype).contiguous()
 
 
 class ScaleConvExpert(nn.Module):
     """Bicubic up-scaling by ``scale``, 3x3 convolution r->r (zero bias), GELU, bicubic back to the input size.
 
-    ``cpu_fast_path`` (on by default): float32 on the CPU without autocast (``precision`` float32, e.g. every
-    AVX2-only CPU): both resamplings are products with precomputed bicubic matrices (``bicubic_matrix``) and the
-    convolution runs channels-last. Its convolutions have only r (3-8) channels on up-scaled windows, where oneDNN's
-    NCHW kernels are slow and ``F.interpolate`` is slower still on channels-last input: a 3->3 3x3 convolution
-    forward + backward on (110, 3, 49, 49) took 68 ms NCHW and 16.5 ms channels-last on this project's CPU. The values
-    are the plain path's (tested: outputs and gradients equal to rounding). Under bf16 autocast the plain path runs:
-    running the expert in float32 there made steps 1.14x faster but changed the bf16 training trajectory enough that a
-    one-epoch click-trained model answered lone clicks worse (label-server tests), so it waits for a measurement over
-    full runs. Graph capture (TorchScript, ONNX, ``torch.compile``) always records the plain path.
+    ``cpu_fast_path`` (on by default), on the CPU in float32 without autocast (``precision`` float32, e.g. every
+    AVX2-only CPU) and, without autograd (inference, validation), in bf16 under bf16 autocast (``precision`` auto on
+    CPUs with native bf16): both resamplings are products with precomputed bicubic matrices (``bicubic_matrix``) and
+    the convolution runs channels-last. Its
+    convolutions have only r (3-8) channels on up-scaled windows, where oneDNN's NCHW kernels are slow and
+    ``F.interpolate`` (and its backward) is slower still: a 3->3 3x3 convolution forward + backward on
+    (110, 3, 49, 49) took 68 ms NCHW and 16.5 ms channels-last on this project's CPU. The values are the plain path's
+    (tested: float32 outputs and gradients equal to rounding, bf16 as accurate as the plain bf16 path). bf16
+    training keeps the plain path: any change of its arithmetic moves the training trajectory (running the experts in
+    float32 under bf16, or this bf16 path, left the label-server tests' one-epoch click-trained model answering a
+    lone click with Dice 0.06-0.08 instead of > 0.25), so it waits until the recorded training figures are re-run.
+    Graph capture (TorchScript, ONNX, ``torch.compile``) always records the plain path.
     """
 
     def __init__(self, channels: int, scale: int, cpu_fast_path: bool = True) -> None:
@@ -114,9 +118,16 @@ class ScaleConvExpert(nn.Module):
         self.cpu_fast_path = cpu_fast_path
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (self.cpu_fast_path and x.device.type == "cpu" and x.dtype == torch.float32
-                and not torch.is_autocast_enabled("cpu") and not graph_capture()):
-            return self._fast(x)
+        if self.cpu_fast_path and x.device.type == "cpu" and not graph_capture():
+            if torch.is_autocast_enabled("cpu"):
+                # bf16 autocast, inference and validation only: the products and the convolution run in bf16 as the
+                # plain path's resamplings and convolution do, equal to bf16 rounding; bf16 training keeps the plain
+                # path, whose trajectory every recorded training figure (README, tests' fine-tunes) comes from
+                if (torch.get_autocast_dtype("cpu") == torch.bfloat16 and x.dtype == torch.bfloat16
+                        and not torch.is_grad_enabled()):
+                    return self._fast(x)
+            elif x.dtype == torch.float32:
+                return self._fast(x)
         size = x.shape[-2:]
         if self.scale != 1:
             x = F.interpolate(x, scale_factor=self.scale, mode="bicubic")
@@ -126,15 +137,16 @@ class ScaleConvExpert(nn.Module):
         return x
 
     def _fast(self, x: torch.Tensor) -> torch.Tensor:
-        """The plain path's arithmetic for float32 CPU input outside autocast (``forward`` checks that)."""
+        """The plain path's arithmetic for CPU input: float32 outside autocast, bf16 under it (``forward`` checks)."""
         height, width = x.shape[-2:]
+        device, dtype = x.device, x.dtype
         if self.scale != 1:
-            x = bicubic_matrix(height, height * self.scale, x.device) @ x @ bicubic_matrix(
-                width, width * self.scale, x.device).T
+            x = bicubic_matrix(height, height * self.scale, device, dtype) @ x @ bicubic_matrix(
+                width, width * self.scale, device, dtype).T
         x = self.act(self.conv(x.contiguous(memory_format=torch.channels_last)))
         if self.scale != 1:
-            x = bicubic_matrix(height * self.scale, height, x.device) @ x.contiguous() @ bicubic_matrix(
-                width * self.scale, width, x.device).T
+            x = bicubic_matrix(height * self.scale, height, device, dtype) @ x.contiguous() @ bicubic_matrix(
+                width * self.scale, width, device, dtype).T
         return x
 
 
