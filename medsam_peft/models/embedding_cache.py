@@ -62,7 +62,7 @@ def content_key(image: torch.Tensor, scope: str = "") -> str:
     autocast = torch.is_autocast_enabled(image.device.type)
     dtype = torch.get_autocast_dtype(image.device.type) if autocast else image.dtype
     digest.update(f"{tuple(image.shape)}|{image.dtype}|{dtype}|{autocast}".encode())
-    digest.update(image.detach().cpu().contiguous().view(torch.uint8).numpy())  # the buffer, no bytes copy
+    digest.update(image.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())  # the buffer, no copy
     return digest.hexdigest()
 
 
@@ -72,7 +72,8 @@ def _fingerprint(module: nn.Module, skip_prefix: str | None = None) -> str:
         if skip_prefix and name.startswith(skip_prefix):
             continue
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy())  # the buffer, no bytes copy
+        # reshape(-1): a 0-d tensor (BatchNorm's num_batches_tracked in TinyViT) cannot be viewed as bytes
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()[:16]
 
 

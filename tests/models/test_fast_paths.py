@@ -238,6 +238,24 @@ def test_trunk_cache_hit_returns_identical_embeddings_and_training_is_unchanged(
     assert all(torch.equal(grads[n], ref_grads[n]) for n in grads)
 
 
+def test_trunk_cache_on_lite_medsam_serves_its_encoder_and_keys_on_its_weights(colin27_slice) -> None:
+    # TinyViT holds 0-d buffers (BatchNorm's num_batches_tracked): fingerprinting them crashed every decoder_only
+    # run on LiteMedSAM, the offline default, before this test.
+    model = build_tuned_sam("lite_medsam", "bundled", tuner="decoder_only", trunk_cache="auto")
+    cache = model.model.trunk_cache
+    assert model.trunk_cache_split() == "encoder"
+    image = colin27_slice["image"][None]
+    with torch.no_grad():
+        expected = model.model.image_encoder(image)  # LiteMedSAM feeds [0, 1] input unnormalised
+        first, second = model.model.encode_image(image), model.model.encode_image(image)
+    assert torch.equal(first, expected) and torch.equal(second, expected)
+    assert (cache.misses, cache.hits) == (1, 1)
+    scope = cache.scope
+    with torch.no_grad():
+        next(model.model.image_encoder.parameters()).add_(1e-3)
+    assert model.enable_trunk_cache().scope != scope  # other weights, other entries
+
+
 def test_trunk_cache_keys_on_image_content_and_autocast() -> None:
     model = build_tuned_sam("vit_tiny", tuner="decoder_only", attention="eager", trunk_cache="auto")
     cache = model.model.trunk_cache
