@@ -170,6 +170,21 @@ def _check_tuner_options(settings: Mapping[str, Any]) -> None:
         raise ConfigError(f"setting 'tuner_options' for tuner {settings['tuner']!r}: {err}") from None
 
 
+def _check_tuner_fits_the_backbone(settings: Mapping[str, Any]) -> None:
+    """Tuners written for SAM's ViT blocks (VPT, FacT, LST, SAM-Adapter) cannot wrap LiteMedSAM's TinyViT: refused
+    here, before the model is built and the output folder made."""
+    if "tuner" not in settings or "backbone" not in settings:
+        return
+    from medsam_peft.models.registry import get_backbone_spec
+    from medsam_peft.tuners.registry import get_tuner_classes
+
+    config_class = get_tuner_classes(settings["tuner"])[0]
+    if config_class.requires_vit_encoder and get_backbone_spec(settings["backbone"]).kind != "vit":
+        raise ConfigError(f"setting 'tuner': {settings['tuner']!r} needs a SAM ViT image encoder (vit_b, vit_l, vit_h, "
+                          f"MedSAM); backbone {settings['backbone']!r} is a TinyViT. Use lora, conv_lora, adapter, ssf, "
+                          "bitfit, full, decoder_only or sam_parser with it, or --backbone vit_b")
+
+
 def _check_decoder_shape(settings: Mapping[str, Any]) -> None:
     """num_classes needs explicit query tokens: checked here so a bad pair fails before the model is built."""
     from medsam_peft.models.promptable_sam import check_decoder_shape, reference_queries
@@ -288,6 +303,7 @@ def check_settings(settings: Mapping[str, Any], argv: list[str] | None = None) -
     _check_image_size(settings)
     _check_checkpoint(settings)
     _check_tuner_options(settings)
+    _check_tuner_fits_the_backbone(settings)
     _check_decoder_shape(settings)
     _check_loss_fits_the_decoder(settings)
 

@@ -174,7 +174,7 @@ class TunedSam(nn.Module):
         if not isinstance(model, PromptableSam):
             raise TypeError(f"expected a PromptableSam, got {type(model).__name__}")
         if config.requires_vit_encoder and not isinstance(model.image_encoder, ImageEncoderViT):
-            raise ValueError(
+            raise ConfigError(
                 f"tuner {config.tuner_type!r} needs a SAM ViT image encoder (vit_b, vit_l, vit_h, MedSAM or vit_tiny); "
                 f"backbone {model.backbone!r} has a {type(model.image_encoder).__name__}. Use lora, conv_lora, "
                 f"adapter, ssf, bitfit or sam_parser with it"

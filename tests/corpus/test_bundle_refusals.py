@@ -48,6 +48,9 @@ SETTINGS = [
                             "bundles/conv_lora_demo_multiclass.json"]),
     ({"tuner_options": '{"mask_tokens": 1}'}, ["'tuner_options'", "mask_tokens is not a tuner option",
                                                "--mask_tokens N"]),
+    # the bundle's own backbone (LiteMedSAM's TinyViT): VPT / FacT / LST / SAM-Adapter wrap ViT blocks only
+    ({"tuner": "vpt", "tuner_options": "{}", "backbone": "lite_medsam", "checkpoint": "bundled", "image_size": "256"},
+     ["'tuner'", "'vpt' needs a SAM ViT image encoder", "'lite_medsam' is a TinyViT", "--backbone vit_b"]),
 ]
 
 
