@@ -1,6 +1,12 @@
 """Pieces that plug tuned SAM models into MONAI's SupervisedTrainer / SupervisedEvaluator."""
 
-from medsam_peft.engines.distributed import ddp_wrap, distributed_sampler, needs_unused_parameter_search
+from medsam_peft.engines.distributed import (
+    SameImageBatchSampler,
+    ddp_wrap,
+    distributed_sampler,
+    needs_unused_parameter_search,
+    same_image_batch_sampler,
+)
 from medsam_peft.engines.handlers import (
     AdapterState,
     AuxLossHandler,
@@ -46,6 +52,8 @@ from medsam_peft.engines.workflow import (
 __all__ = [
     "ddp_wrap",
     "distributed_sampler",
+    "SameImageBatchSampler",
+    "same_image_batch_sampler",
     "needs_unused_parameter_search",
     "semantic_metrics",
     "train_key_metric",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -10,7 +12,8 @@ from monai.data import DistributedSampler
 from torch.nn.parallel import DistributedDataParallel
 
 from medsam_peft.tuners.base import TunedSam
-from medsam_peft.utils.distributed import is_distributed
+from medsam_peft.utils.distributed import is_distributed, world_size
+from medsam_peft.utils.distributed import rank as this_rank
 
 
 def needs_unused_parameter_search(network: TunedSam) -> bool:
@@ -77,3 +80,60 @@ def distributed_sampler(dataset: Any, shuffle: bool, even_divisible: bool = True
     if not is_distributed():
         return None
     return DistributedSampler(dataset, even_divisible=even_divisible, shuffle=shuffle)
+
+
+class SameImageBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Training batches that hold the samples of one image together (SAM trains several masks per image
+    embedding): each epoch the images are shuffled, each image's samples shuffled and laid one after the other, and
+    the sequence cut into batches of ``batch_size``. The simulated annotator then runs the encoder once per distinct
+    image of a batch and can click on the other samples' objects as hard negatives.
+
+    In one process the order is drawn from torch's global generator, as ``RandomSampler`` draws it, so a resumed run
+    (whose ``RngState`` restores that generator) replays the same batches. Under torchrun every rank must cut the
+    same sequence (each rank's generator is seeded apart): it is drawn from ``seed`` + the number of epochs this
+    sampler has begun, each rank takes every world-th batch, and the batch list is padded by repeating its first
+    batches so that every rank runs the same steps (a resumed distributed run starts that count again).
+    """
+
+    def __init__(self, data: Sequence[dict[str, Any]], batch_size: int, key: str = "image", seed: int = 0,
+                 num_replicas: int | None = None, rank: int | None = None) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.seed, self.epoch = int(seed), 0
+        self.num_replicas = world_size() if num_replicas is None else int(num_replicas)
+        self.rank = this_rank() if rank is None else int(rank)
+        groups: dict[str, list[int]] = {}
+        for index, entry in enumerate(data):
+            groups.setdefault(str(entry[key]), []).append(index)
+        self.groups = list(groups.values())
+        self.batch_size = int(batch_size)
+        self.size = len(data)
+
+    def _all_batches(self) -> list[list[int]]:
+        if self.num_replicas > 1:
+            seed, self.epoch = self.seed + self.epoch, self.epoch + 1
+        else:
+            seed = int(torch.empty((), dtype=torch.int64).random_().item())
+        generator = torch.Generator().manual_seed(seed)
+        order: list[int] = []
+        for g in torch.randperm(len(self.groups), generator=generator).tolist():
+            group = self.groups[g]
+            order.extend(group[i] for i in torch.randperm(len(group), generator=generator).tolist())
+        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._all_batches()
+        world = self.num_replicas
+        per_rank = math.ceil(len(batches) / world)
+        batches = (batches * world)[: per_rank * world] if batches else batches
+        return iter(batches[self.rank :: world])
+
+    def __len__(self) -> int:
+        return math.ceil(math.ceil(self.size / self.batch_size) / self.num_replicas)
+
+
+def same_image_batch_sampler(data: Sequence[dict[str, Any]], batch_size: int, enabled: bool,
+                             seed: int = 0) -> SameImageBatchSampler | None:
+    """``SameImageBatchSampler`` over the training list when ``enabled`` (the bundle setting ``group_by_image``),
+    else None (the DataLoader's own shuffling)."""
+    return SameImageBatchSampler(data, batch_size, seed=seed) if enabled else None

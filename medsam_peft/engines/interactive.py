@@ -32,6 +32,7 @@ from monai.handlers import IgniteMetricHandler
 from monai.metrics import CumulativeIterationMetric
 from monai.transforms import Randomizable
 from scipy.ndimage import distance_transform_edt
+from scipy.ndimage import label as connected_components
 
 from medsam_peft.errors import ConfigError
 
@@ -87,6 +88,94 @@ def background_click(target: np.ndarray, content: np.ndarray, rng: np.random.Ran
         return None
     i = rng.randint(rows.size)
     return float(cols[i]), float(rows[i]), 0
+
+
+def keep_clicked_components(mask: np.ndarray, clicks: Sequence[Click]) -> np.ndarray:
+    """The connected components (8-connected) of ``mask`` ((H, W) bool) that hold a positive click; ``mask`` itself
+    when no click is positive."""
+    positive = [(int(y), int(x)) for x, y, label in clicks if label == 1]
+    if not positive or not mask.any():
+        return mask
+    components, _ = connected_components(mask, structure=np.ones((3, 3), dtype=bool))
+    kept = {int(components[min(y, mask.shape[0] - 1), min(x, mask.shape[1] - 1)]) for y, x in positive} - {0}
+    return np.isin(components, sorted(kept)) if kept else np.zeros_like(mask)
+
+
+def drop_unclicked_components(logits: torch.Tensor, low_res: torch.Tensor,
+                              clicks: Sequence[Sequence[Click]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 1, S, S) logits and their (B, 1, s, s) low-resolution source with the foreground components that hold no
+    positive click turned negative (sign flipped, so the magnitude still says how sure the model was), in both."""
+    masks = _masks(logits)
+    dropped = np.stack([mask & ~keep_clicked_components(mask, sample) for mask, sample in zip(masks, clicks)])
+    if not dropped.any():
+        return logits, low_res
+    dropped_t = torch.as_tensor(dropped, device=logits.device)[:, None]
+    kept_t = torch.as_tensor(np.stack(masks), device=logits.device)[:, None] & ~dropped_t
+    factor = logits.shape[-1] // low_res.shape[-1]
+    # a low-resolution cell is dropped where it covers dropped pixels and no kept ones
+    cell_dropped = F.max_pool2d(dropped_t.float(), factor) > 0
+    cell_dropped &= ~(F.max_pool2d(kept_t.float(), factor) > 0)
+    logits = torch.where(dropped_t, -logits.abs(), logits)
+    low_res = torch.where(cell_dropped, -low_res.abs(), low_res)
+    return logits, low_res
+
+
+def identical_images(image: torch.Tensor) -> list[int]:
+    """For each image of a (B, ...) batch, the index of the first image in the batch equal to it (itself when
+    unique): samples of one image with different targets (SAM trains several masks per image)."""
+    owners: list[int] = []
+    for i in range(image.shape[0]):
+        owners.append(next((j for j in sorted(set(owners)) if torch.equal(image[i], image[j])), i))
+    return owners
+
+
+def encode_once(model: torch.nn.Module, image: torch.Tensor, owners: Sequence[int]) -> torch.Tensor:
+    """``model.encode_image`` run once per distinct image of the batch, each sample given its image's embedding."""
+    distinct = sorted(set(owners))
+    if len(distinct) == len(owners):
+        return model.encode_image(image)
+    embeddings = model.encode_image(image[distinct])
+    return embeddings[[distinct.index(owner) for owner in owners]]
+
+
+def other_object_click(target: np.ndarray, others: Sequence[np.ndarray], rng: np.random.RandomState,
+                       centre: bool) -> Click | None:
+    """A negative click on one of ``others`` (the targets of other samples of the same image), off ``target``: at
+    the object's deepest pixel (``centre``, as the protocol places a click in a false positive) or uniformly in it;
+    None when no other object lies off the target."""
+    regions = [other & ~target for other in others]
+    regions = [region for region in regions if region.any()]
+    if not regions:
+        return None
+    region = regions[rng.randint(len(regions))]
+    if centre:
+        distance = distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+        row, col = np.unravel_index(int(np.argmax(distance)), distance.shape)
+    else:
+        rows, cols = np.nonzero(region)
+        i = rng.randint(rows.size)
+        row, col = rows[i], cols[i]
+    return float(col), float(row), 0
+
+
+def stamp_clicks(low_res: torch.Tensor, clicks: Sequence[Sequence[Click]], image_size: int, radius: float,
+                 margin: float = 10.0) -> torch.Tensor:
+    """The (B, 1, s, s) low-resolution logits fed back as SAM's dense mask prompt with each click written into them
+    as a disk of ``radius`` input pixels (RITM's click maps, carried by SAM's mask channel): at most -``margin``
+    around a negative click, at least +``margin`` around a positive one, later clicks over earlier ones."""
+    if radius <= 0:
+        return low_res
+    out = low_res.clone()
+    h, w = out.shape[-2:]
+    scale = w / float(image_size)
+    rows = torch.arange(h, device=out.device, dtype=torch.float32)[:, None] + 0.5
+    cols = torch.arange(w, device=out.device, dtype=torch.float32)[None, :] + 0.5
+    for i, sample in enumerate(clicks):
+        for x, y, label in sample:
+            disk = ((cols - (x + 0.5) * scale) ** 2 + (rows - (y + 0.5) * scale) ** 2) <= (radius * scale) ** 2
+            plane = out[i, 0]
+            out[i, 0] = torch.where(disk, plane.clamp(max=-margin) if label == 0 else plane.clamp(min=margin), plane)
+    return out
 
 
 def pack_clicks(clicks: Sequence[Sequence[Click]], device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -151,7 +240,8 @@ class SimulatedAnnotator(Randomizable):
     def __init__(self, box_probability: float = 0.5, max_corrections: int = 7, clicks: int = 5,
                  mask_prompt: bool = True, centre_probability: float = 0.5, seed: int | None = 0,
                  multimask: bool = False, iou_loss_weight: float = 1.0, supervise_every_round: bool = False,
-                 negative_clicks: int = 0) -> None:
+                 negative_clicks: int = 0, click_components: bool = False, hard_negatives: int = 0,
+                 click_radius: float = 0.0) -> None:
         if not 0.0 <= box_probability <= 1.0:
             raise ConfigError(f"box_probability must be in [0, 1], got {box_probability}")
         if max_corrections < 0 or clicks < 1:
@@ -169,6 +259,11 @@ class SimulatedAnnotator(Randomizable):
         if negative_clicks < 0:
             raise ConfigError(f"negative_clicks must be >= 0, got {negative_clicks}")
         self.negative_clicks = int(negative_clicks)
+        self.click_components = bool(click_components)
+        if hard_negatives < 0:
+            raise ConfigError(f"hard_negatives must be >= 0, got {hard_negatives}")
+        self.hard_negatives = int(hard_negatives)
+        self.click_radius = float(click_radius)
         self.last_clicks: list[list[Click]] = []
         self.last_rounds = 0
         self.set_random_state(seed)
@@ -187,7 +282,8 @@ class SimulatedAnnotator(Randomizable):
     # ---- training ---------------------------------------------------------------------------------------------
     def training_step(self, model, image: torch.Tensor, targets: list[np.ndarray],
                       boxes: torch.Tensor | None) -> torch.Tensor:
-        embeddings = model.encode_image(image)
+        owners = identical_images(image)
+        embeddings = encode_once(model, image, owners)
         size = image.shape[-2:]
         clicks: list[list[Click]] = []
         use_box = []
@@ -203,6 +299,13 @@ class SimulatedAnnotator(Randomizable):
                     click = background_click(tgt, inside, self.R)
                     if click is not None:
                         sample.append(click)
+        if self.hard_negatives:
+            for i, (sample, tgt) in enumerate(zip(clicks, targets)):
+                others = [targets[j] for j in range(len(targets)) if j != i and owners[j] == owners[i]]
+                for _ in range(int(self.R.randint(0, self.hard_negatives + 1)) if others else 0):
+                    click = other_object_click(tgt, others, self.R, self.R.rand() < self.centre_probability)
+                    if click is not None:
+                        sample.append(click)
         box_prompts = None
         if boxes is not None and any(use_box):
             keep = torch.tensor(use_box, device=boxes.device).reshape(-1, *([1] * (boxes.ndim - 1)))
@@ -210,6 +313,9 @@ class SimulatedAnnotator(Randomizable):
         mask_inputs = None
         rounds = int(self.R.randint(0, self.max_corrections + 1))
         lone = [i for i, sample in enumerate(clicks) if not use_box[i] and len(sample) == 1]  # one click, nothing else
+        # samples whose first prompt began with a foreground click (background clicks may follow it): their first click
+        # alone trains the multimask masks, as the protocol's and the server's first click is decoded alone
+        clicked_first = [i for i, sample in enumerate(clicks) if not use_box[i] and sample and sample[0][2] == 1]
         supervised = self.supervise_every_round and torch.is_grad_enabled()
         target = torch.as_tensor(np.stack(targets), device=image.device).float()[:, None]
         round_losses = []
@@ -234,13 +340,14 @@ class SimulatedAnnotator(Randomizable):
                     click = centre_click(pred, tgt) if centre else random_error_click(pred, tgt, self.R)
                     if click is not None:
                         sample.append(click)
-                mask_inputs = low_res if self.mask_prompt else None
+                mask_inputs = stamp_clicks(low_res, clicks, image.shape[-1], self.click_radius) if self.mask_prompt \
+                    else None
         self.last_clicks, self.last_rounds = clicks, rounds  # what the last step prompted, for inspection
         coords, labels = pack_clicks(clicks, image.device)
         logits = model.upscale(model.decode(embeddings, box_prompts, coords, labels, mask_inputs), size)
         pending = [torch.stack(round_losses).mean()] if round_losses else []
-        if self.multimask and lone:
-            pending.append(self._train_multimask(model, embeddings, clicks, targets, lone, size))
+        if self.multimask and clicked_first:
+            pending.append(self._train_multimask(model, embeddings, clicks, targets, clicked_first, size))
         if pending and hasattr(model, "pending_loss"):
             model.pending_loss = torch.stack(pending).sum()
         return logits
@@ -270,7 +377,7 @@ class SimulatedAnnotator(Randomizable):
         if boxes is None:
             raise ConfigError("the click protocol scores the box prompt in channel 0: use prepare_batch "
                               "%configs/prompts.json::interactive, which feeds each sample's 'box'")
-        embeddings = model.encode_image(image)
+        embeddings = encode_once(model, image, identical_images(image))
         size = image.shape[-2:]
         outputs = [model.upscale(model.decode(embeddings, boxes), size)]
         clicks: list[list[Click]] = [[] for _ in targets]
@@ -281,11 +388,15 @@ class SimulatedAnnotator(Randomizable):
                 click = centre_click(pred, tgt)
                 if click is not None:
                     sample.append(click)
+            if mask_inputs is not None:
+                mask_inputs = stamp_clicks(mask_inputs, clicks, image.shape[-1], self.click_radius)
             coords, labels = pack_clicks(clicks, image.device)
             low_res = model.decode(embeddings, None, coords, labels, mask_inputs)
             if self.multimask and mask_inputs is None:  # the first click: SAM's most confident of three masks
                 low_res = model.decode_lone_click(embeddings, coords, labels, low_res)
             logits = model.upscale(low_res, size)
+            if self.click_components:
+                logits, low_res = drop_unclicked_components(logits, low_res, clicks)
             outputs.append(logits)
             predictions = _masks(logits)
             mask_inputs = low_res if self.mask_prompt else None

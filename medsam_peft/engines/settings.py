@@ -141,6 +141,7 @@ SETTINGS: dict[str, Check] = {
     "attention": one_of("auto", "eager", "sdpa", "chunked"),
     "cpu_allocator": one_of("reuse", "system"),
     "distributed": boolean,
+    "group_by_image": boolean,
     "train_box_jitter": integer(0),
     "mask_threshold": number(optional=True),
     "early_stop_patience": integer(0),

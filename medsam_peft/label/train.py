@@ -63,7 +63,7 @@ PROMPT_RECIPES = {
 INHERITED_DEFAULTS = ("squash", "accumulation_steps", "weight_decay", "max_grad_norm", "trunk_cache",
                       "activation_checkpointing", "attention", "cpu_allocator", "distributed", "train_augmentation",
                       "mask_threshold", "num_classes", "query_init", "clicks", "box_probability", "max_corrections",
-                      "centre_probability", "supervise_every_round")
+                      "centre_probability", "supervise_every_round", "hard_negatives", "group_by_image", "click_radius")
 # Sections of configs/train.json every bundle pulls in (bundles/conv_lora_demo.json does the same).
 WORKFLOW_SECTIONS = ("network", "optimizer", "lr_scheduler", "inferer", "postprocessing", "train", "validate",
                      "initialize", "run")

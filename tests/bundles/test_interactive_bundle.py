@@ -27,7 +27,9 @@ def interactive_run(tmp_path_factory):
     overrides = {"bundle_root": str(REPO), "dataset_dir": str(out / "data"), "output_dir": str(out / "run"),
                  "backbone": "vit_tiny", "checkpoint": "", "image_size": "128", "slice_step": "12", "max_epochs": "2",
                  "overlays": "1", "experiment_name": "interactive_test", "clicks": str(CLICKS),
-                 "max_corrections": "3", "key_metric": "val_dice_click1"}
+                 "max_corrections": "3", "key_metric": "val_dice_click1",
+                 # the samples of one slice batched together, clicking on each other's structures (non-default)
+                 "group_by_image": "True", "hard_negatives": "1", "batch_size": "2"}
     log = _run(["bundles/conv_lora_demo_interactive.json"], overrides)
     return out, overrides, log
 

@@ -43,9 +43,10 @@ def test_every_bundle_takes_the_interactive_prompts_with_its_settings(name, monk
     parser = ConfigParser()
     parser.read_config(str(REPO / "bundles" / f"{name}.json"))
     parser.update({"prepare_batch": "%configs/prompts.json::interactive", "centre_probability": 1.0, "clicks": 3,
-                   "supervise_every_round": True})
+                   "supervise_every_round": True, "hard_negatives": 2})
     annotator = parser.get_parsed_content("prepare_batch").annotator
     assert (annotator.centre_probability, annotator.clicks, annotator.supervise_every_round) == (1.0, 3, True)
+    assert annotator.hard_negatives == 2
     expected = 4 if name == "conv_lora_demo_interactive" else 7  # the demo's own setting, else the default
     assert (annotator.max_corrections, annotator.box_probability, annotator.multimask) == (expected, 0.5, False)
 

@@ -337,3 +337,67 @@ def test_multimask_protocol_takes_the_most_confident_mask_for_the_first_click(ti
     with pytest.raises(Exception, match="four mask tokens"):
         one = build_tuned_sam("vit_tiny", None, "lora", image_size=64, mask_tokens=1).eval()
         one(image, boxes, interaction=annotator, target=target)
+
+
+# ---- several objects of one image: one encoder pass, hard negative clicks --------------------------------------------
+def test_samples_of_one_image_share_one_encoder_pass_with_the_embedding_of_a_lone_pass(tiny_model) -> None:
+    from medsam_peft.engines.interactive import encode_once, identical_images
+
+    first, second = torch.rand(3, 64, 64), torch.rand(3, 64, 64)
+    image = torch.stack([first, second, first.clone(), second.clone(), first.clone()])
+    assert identical_images(image) == [0, 1, 0, 1, 0]
+    calls = []
+    handle = tiny_model.model.image_encoder.register_forward_hook(lambda _m, inputs, _o: calls.append(inputs[0].shape[0]))
+    try:
+        with torch.no_grad():
+            shared = encode_once(tiny_model.model, image, identical_images(image))
+            alone = [tiny_model.model.encode_image(image[i : i + 1]) for i in range(5)]
+    finally:
+        handle.remove()
+    assert calls[0] == 2  # the first call: the two distinct images only
+    for i in range(5):
+        torch.testing.assert_close(shared[i : i + 1], alone[i], atol=1e-5, rtol=1e-5)
+
+
+def test_hard_negatives_click_other_objects_of_the_same_image_never_the_target(tiny_model) -> None:
+    """hard_negatives: 0..n negative clicks on the targets of the batch's other samples of the same image (never on
+    the sample's own target, never from another image); the output is the plain decode of the recorded prompts."""
+    from medsam_peft.engines.interactive import other_object_click
+
+    base = torch.rand(3, 64, 64)
+    image = torch.stack([base, base.clone(), torch.rand(3, 64, 64)])  # samples 0 and 1: one image, two objects
+    target = torch.zeros(3, 1, 64, 64)
+    target[0, 0, 8:24, 8:30] = 1
+    target[1, 0, 36:60, 30:56] = 1
+    target[2, 0, 20:40, 20:40] = 1
+    annotator = SimulatedAnnotator(0.0, max_corrections=0, seed=4, hard_negatives=2)
+    tiny_model.train()
+    counts = set()
+    try:
+        for _ in range(10):
+            out = tiny_model(image, target=target, interaction=annotator)
+            for i, sample in enumerate(annotator.last_clicks):
+                assert sample[0][2] == 1 and target[i, 0, int(sample[0][1]), int(sample[0][0])] == 1
+                negatives = sample[1:]
+                other = 1 - i if i < 2 else None
+                if other is None:
+                    assert negatives == []  # alone in its image: no other object to click
+                for x, y, label in negatives:
+                    assert label == 0 and target[other, 0, int(y), int(x)] == 1 and target[i, 0, int(y), int(x)] == 0
+                counts.add(len(negatives)) if other is not None else None
+            sam = tiny_model.model
+            with torch.no_grad():
+                for i, sample in enumerate(annotator.last_clicks):
+                    pts = torch.tensor([[c[:2] for c in sample]])
+                    labs = torch.tensor([[float(c[2]) for c in sample]])
+                    expected = sam.upscale(sam.decode(sam.encode_image(image[i : i + 1]), None, pts, labs), (64, 64))
+                    torch.testing.assert_close(out[i : i + 1].detach(), expected, atol=1e-4, rtol=1e-4)
+        assert counts == {0, 1, 2}
+    finally:
+        tiny_model.eval()
+        tiny_model.zero_grad(set_to_none=True)
+    # placement: the deepest pixel of the other object (the protocol's place for a click in a false positive)
+    mine, theirs = target[0, 0].numpy() > 0, target[1, 0].numpy() > 0
+    x, y, label = other_object_click(mine, [theirs], np.random.RandomState(0), centre=True)
+    assert label == 0 and centre_click(theirs, np.zeros_like(theirs))[:2] == (x, y)
+    assert other_object_click(mine, [mine], np.random.RandomState(0), centre=False) is None
