@@ -56,6 +56,11 @@ def number(minimum: float | None = None, positive: bool = False, optional: bool 
     return check
 
 
+def fraction(key: str, value: Any) -> None:
+    if not _is_number(value) or not 0.0 <= value <= 1.0:
+        _fail(key, "a number in [0, 1]", value)
+
+
 def boolean(key: str, value: Any) -> None:
     if not isinstance(value, bool):
         _fail(key, "True or False", value)
@@ -156,6 +161,16 @@ SETTINGS: dict[str, Check] = {
     "run_name": text(optional=True),
     "tracking_uri": text(optional=True),
     "key_metric": text(),
+    # the simulated annotator of configs/prompts.json::interactive: without these a misspelt value would be read by
+    # Python's truth test (--multimask false is the string 'false', which is true)
+    "clicks": integer(1),
+    "box_probability": fraction,
+    "max_corrections": integer(0),
+    "centre_probability": fraction,
+    "multimask": boolean,
+    "supervise_every_round": boolean,
+    "hard_negatives": integer(0),
+    "click_radius": number(minimum=0.0),
 }
 
 

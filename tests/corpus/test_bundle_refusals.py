@@ -30,6 +30,10 @@ SETTINGS = [
     ({"batch_size": "2.5"}, ["'batch_size'", "integer >= 1"]),
     ({"resume": "false"}, ["'resume'", "True or False", "--resume False"]),
     ({"max_epoch": "3"}, ["unknown setting --max_epoch", "did you mean --max_epochs?"]),
+    # the annotator's switches: '--multimask false' was the string 'false', read as true (the run trained multimask)
+    ({"multimask": "false"}, ["'multimask'", "True or False", "--multimask False"]),
+    ({"box_probability": "1.5"}, ["'box_probability'", "a number in [0, 1]"]),
+    ({"click_radius": "-1"}, ["'click_radius'", ">= 0.0"]),
     ({"tuner": "nosuch"}, ["'tuner'", "'conv_lora'"]),
     ({"backbone": "vit_q"}, ["'backbone'", "'vit_b'"]),
     ({"tuner_options": '{"rr": 3}'}, ["'tuner_options'", "unknown option(s) ['rr']"]),
