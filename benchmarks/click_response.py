@@ -2,13 +2,14 @@
 negative (the #15 diagnosis in README "Interactive training"):
 
     python benchmarks/click_response.py ADAPTER [--bundle bundles/conv_lora_demo_interactive.json] [--multimask]
-        [--probe 11,13,31,41]
+        [--click_radius 5] [--probe 11,13,31,41]
 
 1. Per validation sample of the bundle: its pixels, the Dice of the box and after each protocol click
    (``SimulatedAnnotator.protocol``, the metrics' own code path) and each click's label (1 positive, 0 negative),
    then the means and the mean Dice change after a negative and after a positive click.
 2. For the ``--probe`` samples: click 1 (+ the multimask choice), then the protocol's click 2 decoded three ways:
-   labelled negative, labelled positive (same place), negative without the mask prompt; pixels in the mask, on the
+   labelled negative, labelled positive (same place), negative without the mask prompt (with the mask prompt, the
+   clicks are written into it as the protocol writes them, ``--click_radius``); pixels in the mask, on the
    target, and whether click 2's own pixel is in the mask. A decoder that honours the label keeps the negative
    click's pixel out of its mask.
 """
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
-from medsam_peft.engines.interactive import SimulatedAnnotator, centre_click, dice_per_round
+from medsam_peft.engines.interactive import SimulatedAnnotator, centre_click, decode_clicks, dice_per_round
 from medsam_peft.tuners import load_tuned_sam
 
 
@@ -31,6 +32,8 @@ def main() -> None:
     parser.add_argument("--bundle", default="bundles/conv_lora_demo_interactive.json")
     parser.add_argument("--checkpoint", default="bundled")
     parser.add_argument("--multimask", action="store_true", help="the adapter was trained with --multimask true")
+    parser.add_argument("--click_radius", type=float, default=5.0,
+                        help="the click disks of the adapter's training (its run_config.json); 0 for none")
     parser.add_argument("--clicks", type=int, default=5)
     parser.add_argument("--probe", default="", help="comma-separated sample indices for part 2")
     args = parser.parse_args()
@@ -40,7 +43,7 @@ def main() -> None:
     dataset = config.get_parsed_content("validate#dataset")
     model = load_tuned_sam(args.adapter, args.checkpoint).eval()
     sam = model.model
-    annotator = SimulatedAnnotator(clicks=args.clicks, multimask=args.multimask)
+    annotator = SimulatedAnnotator(clicks=args.clicks, multimask=args.multimask, click_radius=args.click_radius)
     rows, after_negative, after_positive = [], [], []
     for index in range(len(dataset)):
         item = dataset[index]
@@ -78,10 +81,10 @@ def main() -> None:
             mask = sam.upscale(low_res, target.shape)[0, 0].numpy() > 0
             second = centre_click(mask, target)
             answers = {}
-            for name, second_label, mask_input in (("negative", 0.0, low_res), ("positive", 1.0, low_res),
-                                                    ("negative, no mask prompt", 0.0, None)):
-                both = torch.tensor([[first[:2], second[:2]]])
-                decoded = sam.decode(embedding, None, both, torch.tensor([[1.0, second_label]]), mask_input)
+            for name, second_label, previous in (("negative", 0, low_res), ("positive", 1, low_res),
+                                                  ("negative, no mask prompt", 0, None)):
+                clicks = [[(first[0], first[1], 1), (second[0], second[1], second_label)]]
+                decoded = decode_clicks(sam, embedding, None, clicks, previous, click_radius=args.click_radius)
                 answer = sam.upscale(decoded, target.shape)[0, 0].numpy() > 0
                 answers[name] = (int(answer.sum()), int((answer & target).sum()),
                                  bool(answer[int(second[1]), int(second[0])]))

@@ -76,6 +76,7 @@ def inference_config(run: dict[str, Any], image_size: int) -> dict[str, Any]:
         "prompt": prompt,
         **({"num_classes": int(run["num_classes"]), "class_names": list(run["class_names"])} if semantic else {}),
         "multimask": bool(run.get("multimask", False)),  # a lone first click: the most confident of SAM's 3 masks
+        "click_radius": float(run.get("click_radius", 0.0)),  # clicks written into the fed-back mask prompt
         "precision": run.get("precision", "auto"),
         "checkpoint": run.get("checkpoint") or None,
         # a multi-class network returns its (B, C, H, W) class probabilities: MONAI's bundle tools need a tensor
@@ -236,7 +237,7 @@ def _docs(title: str, meta: dict[str, Any], run: dict[str, Any], report: dict[st
     metrics = evaluation["metrics"]
     table = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items()) if metrics else "| (none) | |"
     recipe = {k: run[k] for k in ("max_epochs", "learning_rate", "batch_size", "weight_decay", "accumulation_steps",
-                                  "precision", "prompt", "multimask", "key_metric", "seed") if k in run}
+                                  "precision", "prompt", "multimask", "click_radius", "key_metric", "seed") if k in run}
     structures = data_meta.get("structures") or data_meta.get("classes")
     data_lines = [f"- dataset `{run.get('dataset', 'unknown')}` ({modality})"
                   + (f": {data_meta.get('title')}" if data_meta.get("title") else "")]

@@ -53,7 +53,9 @@ def write_parameter_report(network: TunedSam, path: str | os.PathLike, **run_con
     if run_config:
         prepare = run_config.pop("prepare_batch", None)
         run_config["prompt"] = prompt_mode(prepare)
-        run_config["multimask"] = bool(getattr(getattr(prepare, "annotator", None), "multimask", False))
+        annotator = getattr(prepare, "annotator", None)
+        run_config["multimask"] = bool(getattr(annotator, "multimask", False))
+        run_config["click_radius"] = float(getattr(annotator, "click_radius", 0.0))  # the server stamps clicks so
         run_config["checkpoint"] = str(run_config.get("checkpoint") or "")
         (path.parent / "run_config.json").write_text(json.dumps(run_config, indent=1, default=str))
     print(f"{report['tuner']} on {report['backbone']}: trainable {report['trainable']:,} of {report['total']:,} "

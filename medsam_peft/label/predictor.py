@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from monai.data import MetaTensor
 
 from medsam_peft.data.volumes import image_to_slice, slice_to_image, to_uint8
 from medsam_peft.errors import MedsamPeftError
-from medsam_peft.models.embedding_cache import ImageEmbeddingCache
+from medsam_peft.models.embedding_cache import ImageEmbeddingCache, content_key
 from medsam_peft.transforms.intensity.array import ScaleIntensityByDtype
 from medsam_peft.transforms.io.array import ImageReadError, LoadImage2D, LoadVolume, is_volume_path
 from medsam_peft.transforms.semantic.array import SemanticFromQueries
@@ -208,6 +209,8 @@ class BundlePredictor:
         self.prompt = str(self.config.get("prompt", "box"))
         # trained with SAM's multimask output: a lone click (no box, no mask) gets the most confident of 3 masks
         self.multimask = bool(self.config.get("multimask", False))
+        # trained with click disks in the fed-back mask prompt (SimulatedAnnotator click_radius): clicks decode so
+        self.click_radius = float(self.config.get("click_radius", 0.0) or 0.0)
         self.precision = str(self.config.get("precision", "auto"))
         self.checkpoint = self.config.get("checkpoint")
         self.device = torch.device(device)
@@ -218,6 +221,10 @@ class BundlePredictor:
         self._error: BundleError | None = None
         self._lock = threading.Lock()
         self._loaded_version: tuple[int, int, int] | None = None
+        # The last click rounds per (image, box) of an interactive model: the next request that adds clicks to
+        # them decodes only its new clicks (an annotator's session), bounded like the embedding cache.
+        self._click_rounds: OrderedDict[tuple, tuple[tuple, tuple, torch.Tensor]] = OrderedDict()
+        self._click_rounds_size = max(1, int(embedding_cache_size))
 
     @property
     def name(self) -> str:
@@ -256,6 +263,7 @@ class BundlePredictor:
             if version != self._loaded_version and (self._model is not None or self._error is not None):
                 self._model, self._error = None, None
                 self.embeddings.clear()
+                self._click_rounds.clear()
             if self._error is not None:
                 raise self._error
             if self._model is None:
@@ -325,19 +333,62 @@ class BundlePredictor:
             return restored.as_tensor().argmax(0).numpy().astype(np.uint8), low_res.float()
         with torch.no_grad(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
             embedding = self.embeddings.get_or_compute(model_input, encode)
-            low_res = sam.decode(embedding, box, points, point_labels, mask_input)
-            lone_click = self.multimask and box is None and mask_input is None and len(prompts.points) == 1
-            if lone_click:
-                low_res = sam.decode_lone_click(embedding, points, point_labels, low_res)
+            if self.prompt == "interactive" and mask_input is None:  # a box, clicks or both
+                low_res, passes = self._decode_click_rounds(sam, embedding, model_input, box, points, point_labels)
+            else:
+                low_res = sam.decode(embedding, box, points, point_labels, mask_input)
+                lone_click = self.multimask and box is None and mask_input is None and len(prompts.points) == 1
+                if lone_click:
+                    low_res = sam.decode_lone_click(embedding, points, point_labels, low_res)
+                passes = 2 if lone_click else 1
             logits = sam.upscale(low_res, model_input.shape[-2:]).float()
         if counts is not None:
             counts["encoder_passes"] = counts.get("encoder_passes", 0) + len(encoded)
-            counts["decoder_passes"] = counts.get("decoder_passes", 0) + (2 if lone_click else 1)
+            counts["decoder_passes"] = counts.get("decoder_passes", 0) + passes
         prob = MetaTensor(torch.sigmoid(logits[0, :1].cpu()), applied_operations=list(net_input.applied_operations))
         restored = resizer.inverse(prob).as_tensor()[0].numpy()
         if probabilities:
             return restored, low_res.float()
         return (restored > self.threshold).astype(np.uint8), low_res.float()
+
+    def _decode_click_rounds(self, sam, embedding: torch.Tensor, model_input: torch.Tensor, box: torch.Tensor | None,
+                             points: torch.Tensor | None, point_labels: torch.Tensor | None
+                             ) -> tuple[torch.Tensor, int]:
+        """Clicks on a click-trained model, decoded as its training and the click protocol decode them: one round per
+        click in the order sent (3D Slicer sends its foreground points, then its background ones), each fed the
+        previous round's low-resolution logits as the mask prompt with the clicks written in (``click_radius``),
+        after a round of the box alone where one is given; a first click alone gets SAM's most confident of three
+        masks (``multimask``). A negative click on what the previous round already calls background is its disk alone
+        (``settled_negative``). The rounds of the last request on this image and box are kept, so that a request
+        adding clicks to them (an annotator clicking on, or clicking into a box's mask) decodes only its new clicks.
+        Returns the last round's logits and the decoder passes run."""
+        from medsam_peft.engines.interactive import decode_clicks, settled_negative  # MONAI's engines: lazily
+
+        clicks = () if points is None else tuple(
+            (float(x), float(y), int(label)) for (x, y), label in zip(points[0].tolist(), point_labels[0].tolist()))
+        key = (content_key(model_input), None if box is None else tuple(box.flatten().tolist()))
+        with self._lock:
+            known = self._click_rounds.get(key)
+        if known is not None and clicks[: len(known[0])] == known[0]:  # the same box, clicks added (or none)
+            start, tokens, previous, passes = len(known[0]), list(known[1]), known[2], 0
+        else:
+            start, tokens, previous, passes = 0, [], None, 0
+            if box is not None:  # the box round
+                previous, passes = sam.decode(embedding, box), 1
+        image_size = int(sam.image_size)
+        for k in range(start + 1, len(clicks) + 1):
+            click = clicks[k - 1]
+            if not settled_negative(click, previous, image_size, self.click_radius):
+                tokens.append(click)
+            previous = decode_clicks(sam, embedding, box, [list(clicks[:k])], previous, multimask=self.multimask,
+                                     click_radius=self.click_radius, tokens=[tokens])
+            passes += 2 if self.multimask and k == 1 and box is None else 1
+        with self._lock:
+            self._click_rounds[key] = (clicks, tuple(tokens), previous)
+            self._click_rounds.move_to_end(key)
+            while len(self._click_rounds) > self._click_rounds_size:
+                self._click_rounds.popitem(last=False)
+        return previous, passes
 
     # ---- a request ----------------------------------------------------------------------------------------------
     def segment_file(self, path: str | Path, params: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any], Any]:

@@ -63,7 +63,7 @@ PROMPT_RECIPES = {
 INHERITED_DEFAULTS = ("squash", "accumulation_steps", "weight_decay", "max_grad_norm", "trunk_cache",
                       "activation_checkpointing", "attention", "cpu_allocator", "distributed", "train_augmentation",
                       "mask_threshold", "num_classes", "query_init", "clicks", "box_probability", "max_corrections",
-                      "centre_probability", "supervise_every_round", "hard_negatives", "group_by_image", "click_radius")
+                      "centre_probability", "supervise_every_round", "hard_negatives", "group_by_image")
 # Sections of configs/train.json every bundle pulls in (bundles/conv_lora_demo.json does the same).
 WORKFLOW_SECTIONS = ("network", "optimizer", "lr_scheduler", "inferer", "postprocessing", "train", "validate",
                      "initialize", "run")
@@ -241,6 +241,7 @@ def training_config(configs: Path, adapter: Path, inference: dict[str, Any], set
         "additional_metrics": f"%{configs / 'metrics.json'}::{additional}",
         "prepare_batch": f"%{configs / 'prompts.json'}::{prompts}",
         "multimask": bool(inference.get("multimask", False)),
+        "click_radius": float(inference.get("click_radius", 0.0)),
         "train_box_jitter": 10,
         "early_stop_patience": 0,
         "resume": False,  # each request trains in a new folder on what the datastore holds now

@@ -29,7 +29,8 @@ def interactive_run(tmp_path_factory):
                  "overlays": "1", "experiment_name": "interactive_test", "clicks": str(CLICKS),
                  "max_corrections": "3", "key_metric": "val_dice_click1",
                  # the samples of one slice batched together, clicking on each other's structures (non-default)
-                 "group_by_image": "True", "hard_negatives": "1", "batch_size": "2"}
+                 "group_by_image": "True", "hard_negatives": "1", "batch_size": "2", "click_radius": "6",
+                 "multimask": "True"}
     log = _run(["bundles/conv_lora_demo_interactive.json"], overrides)
     return out, overrides, log
 
@@ -91,3 +92,51 @@ def test_evaluate_writes_every_click_and_its_metrics_match_numpy(interactive_run
         noc = np.where(reached.any(1), reached.argmax(1) + 1, CLICKS)
         assert metrics[f"val_noc{percent}"] == pytest.approx(noc.mean(), abs=1e-6)
     assert len(set(np.round(dice[:, 1:].mean(0), 6))) > 1  # the clicks change the prediction
+
+
+def test_served_clicks_decode_as_the_click_protocol_and_an_added_click_costs_one_decoder_pass(interactive_run) -> None:
+    """The label server's predictor on the run: clicks sent as an annotator sends them (each request all clicks so
+    far) give the click protocol's channels (SimulatedAnnotator: same rounds, same mask prompts with the clicks
+    written in); the second and third request reuse the image embedding and the earlier rounds."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    from medsam_peft.engines import AutocastInferer, SimulatedAnnotator
+    from medsam_peft.engines.interactive import centre_click
+    from medsam_peft.label.predictor import BundlePredictor, Prompts
+
+    out, overrides, _ = interactive_run
+    run = out / "run"
+    settings = json.loads((run / "run_config.json").read_text())
+    assert settings["click_radius"] == float(overrides["click_radius"]) and settings["multimask"] is True
+    predictor = BundlePredictor.from_run(run, run / "checkpoints" / "adapter_best.safetensors")
+    assert (predictor.click_radius, predictor.multimask) == (settings["click_radius"], True)
+    config = ConfigParser()
+    config.read_config(str(REPO / "bundles/conv_lora_demo_interactive.json"))
+    config.update({k: v for k, v in overrides.items() if k in ("dataset_dir", "bundle_root")})
+    config.update({"image_size": 128, "slice_step": 12})
+    item = config.get_parsed_content("validate#dataset")[0]
+    image, label = item["image"][None].float(), item["label"][None].float()  # 128 x 128: image pixels = network's
+    sam = predictor._sam()
+    annotator = SimulatedAnnotator(clicks=CLICKS, multimask=True, click_radius=settings["click_radius"])
+    dtype = AutocastInferer(settings.get("precision", "auto")).dtype_for(torch.device("cpu"))
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        protocol = sam(image, torch.as_tensor(item["box"])[None].float(), target=label, interaction=annotator).float()
+    target, previous, clicks = label[0, 0].numpy() > 0.5, np.zeros((128, 128), bool), []
+    for k in range(1, CLICKS + 1):
+        clicks.append(centre_click(previous, target))
+        previous = protocol[0, k].numpy() > 0
+    for k in range(1, CLICKS + 1):
+        counts: dict[str, int] = {}
+        prompts = Prompts(None, [[x, y] for x, y, _ in clicks[:k]], [label for _, _, label in clicks[:k]])
+        _, low_res = predictor.predict_image(image[0, 0].numpy(), prompts, counts=counts)
+        served = sam.upscale(low_res, (128, 128))
+        torch.testing.assert_close(served, protocol[:, k : k + 1], atol=2e-2, rtol=1e-2)
+        assert counts == ({"encoder_passes": 1, "decoder_passes": 2} if k == 1 else
+                          {"encoder_passes": 0, "decoder_passes": 1})
+    # the same clicks again, reordered: the earlier rounds no longer apply and every round is decoded again
+    counts = {}
+    reordered = clicks[1:] + clicks[:1]
+    predictor.predict_image(image[0, 0].numpy(), Prompts(None, [[x, y] for x, y, _ in reordered],
+                                                         [lab for _, _, lab in reordered]), counts=counts)
+    assert counts == {"encoder_passes": 0, "decoder_passes": CLICKS + 1}  # + the multimask pass of the first click

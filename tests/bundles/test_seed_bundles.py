@@ -47,8 +47,9 @@ def test_every_bundle_takes_the_interactive_prompts_with_its_settings(name, monk
     annotator = parser.get_parsed_content("prepare_batch").annotator
     assert (annotator.centre_probability, annotator.clicks, annotator.supervise_every_round) == (1.0, 3, True)
     assert annotator.hard_negatives == 2
-    expected = 4 if name == "conv_lora_demo_interactive" else 7  # the demo's own setting, else the default
-    assert (annotator.max_corrections, annotator.box_probability, annotator.multimask) == (expected, 0.5, False)
+    demo = name == "conv_lora_demo_interactive"  # the demo's own settings, else the defaults
+    assert (annotator.max_corrections, annotator.box_probability, annotator.multimask) == (4 if demo else 7, 0.5, demo)
+    assert annotator.click_radius == 5.0
 
 
 @pytest.fixture(scope="module")

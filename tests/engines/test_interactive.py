@@ -11,9 +11,11 @@ from medsam_peft import build_tuned_sam
 from medsam_peft.engines.interactive import (
     NumberOfClicksMetric,
     SimulatedAnnotator,
-    centre_click,
     background_click,
+    centre_click,
+    decode_clicks,
     random_error_click,
+    settled_negative,
 )
 
 
@@ -106,10 +108,26 @@ def test_mask_prompt_matches_segment_anythings_predictor(tiny_model) -> None:
     assert (ours - without).abs().max() > 1e-3  # the mask prompt is not ignored
 
 
-def test_protocol_channels_equal_plain_forwards_with_the_recomputed_clicks(tiny_model) -> None:
+def _stamped_by_hand(low: torch.Tensor, clicks, image_size: int, radius: float, margin: float = 10.0) -> torch.Tensor:
+    """The mask prompt with click disks, cell by cell: a cell whose centre lies within ``radius`` input pixels of a
+    click's pixel centre is clamped to <= -margin (negative click) or >= +margin (positive), the last click winning."""
+    out = low.clone()
+    scale = low.shape[-1] / image_size
+    for x, y, label in clicks:
+        for row in range(low.shape[-2]):
+            for col in range(low.shape[-1]):
+                cx, cy = (col + 0.5) / scale, (row + 0.5) / scale  # the cell centre in input pixels
+                if (cx - (x + 0.5)) ** 2 + (cy - (y + 0.5)) ** 2 <= radius ** 2:
+                    out[0, row, col] = min(float(out[0, row, col]), -margin) if label == 0 \
+                        else max(float(out[0, row, col]), margin)
+    return out
+
+
+@pytest.mark.parametrize("radius", [0.0, 6.0])
+def test_protocol_channels_equal_plain_forwards_with_the_recomputed_clicks(tiny_model, radius) -> None:
     image, target = torch.rand(2, 3, 64, 64), _target()
     boxes = torch.tensor([[12.0, 10.0, 39.0, 29.0], [20.0, 30.0, 49.0, 59.0]])
-    annotator = SimulatedAnnotator(clicks=3)
+    annotator = SimulatedAnnotator(clicks=3, click_radius=radius)
     with torch.no_grad():
         out = tiny_model(image, boxes, target=target, interaction=annotator)
         assert out.shape == (2, 4, 64, 64)
@@ -125,14 +143,42 @@ def test_protocol_channels_equal_plain_forwards_with_the_recomputed_clicks(tiny_
                 clicks[i].append(click)
             lows = []
             for i in range(2):
-                pts = torch.tensor([[[c[0], c[1]] for c in clicks[i]]])
-                labs = torch.tensor([[float(c[2]) for c in clicks[i]]])
-                lows.append(sam.decode(embeddings[i:i + 1], None, pts, labs,
-                                       None if previous_low is None else previous_low[i:i + 1]))
+                prompt = None if previous_low is None else previous_low[i:i + 1]
+                tokens = clicks[i]
+                if prompt is not None and radius:  # the clicks so far written into the fed-back mask
+                    prompt = _stamped_by_hand(prompt[0], clicks[i], 64, radius)[None]
+                    assert (prompt != previous_low[i:i + 1]).any()
+                    tokens = [c for c in clicks[i] if c[2] == 1]  # a negative click is its disk alone
+                pts = torch.tensor([[[c[0], c[1]] for c in tokens]])
+                labs = torch.tensor([[float(c[2]) for c in tokens]])
+                lows.append(sam.decode(embeddings[i:i + 1], None, pts, labs, prompt))
             previous_low = torch.cat(lows)
             logits = sam.upscale(previous_low, (64, 64))
             torch.testing.assert_close(out[:, k:k + 1], logits)
             prediction = [logits[i, 0].numpy() > 0 for i in range(2)]
+
+
+def test_a_negative_click_on_settled_background_is_its_disk_alone(tiny_model) -> None:
+    """settled_negative: a negative click where the previous round already predicts background (an annotator's
+    "not here") goes to the decoder as its disk in the mask prompt only; a negative click in a false positive (what
+    the protocol and training place), a positive click, the first round and a run without disks keep it a token."""
+    sam = tiny_model.model
+    previous = torch.full((1, 1, 16, 16), -3.0)
+    previous[0, 0, 2:8, 2:8] = 4.0  # predicted foreground: input pixels 8..31 (scale 16 / 64)
+    inside, outside = (20.0, 18.0, 0), (45.0, 50.0, 0)
+    assert settled_negative(outside, previous, 64, 5.0)
+    assert not settled_negative(inside, previous, 64, 5.0)  # a correction of a false positive
+    assert not settled_negative((45.0, 50.0, 1), previous, 64, 5.0)
+    assert not settled_negative(outside, None, 64, 5.0) and not settled_negative(outside, previous, 64, 0.0)
+    clicks = [(12.0, 12.0, 1), outside]
+    with torch.no_grad():
+        embeddings = sam.encode_image(torch.rand(1, 3, 64, 64))
+        ours = decode_clicks(sam, embeddings, None, [clicks], previous, click_radius=6.0, tokens=[clicks[:1]])
+        expected = sam.decode(embeddings, None, torch.tensor([[[12.0, 12.0]]]), torch.tensor([[1.0]]),
+                              _stamped_by_hand(previous[0], clicks, 64, 6.0)[None])
+        torch.testing.assert_close(ours, expected)
+        as_token = decode_clicks(sam, embeddings, None, [clicks], previous, click_radius=6.0)  # tokens: all clicks
+        assert (as_token - ours).abs().max() > 1e-4
 
 
 def test_training_step_trains_the_last_round_from_box_or_clicks_consistent_with_the_target(tiny_model) -> None:

@@ -44,12 +44,15 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, multiclass_run):
     root = tmp_path_factory.mktemp("label")
-    # 1. a tiny real fine-tune: LiteMedSAM (real weights) + Conv-LoRA trained with simulated boxes and clicks, one
-    # epoch on every 12th Colin27 slice
+    # 1. a tiny real fine-tune: LiteMedSAM (real weights) + Conv-LoRA trained with simulated clicks, one epoch on
+    # every 12th Colin27 slice. Every sample starts from a click (box_probability 0): in 13 steps the half that
+    # starts from a box left one-click Dice at 0.06-0.07 on the fixture's validation slices, all clicks 0.48; the box
+    # prompt stays LiteMedSAM's (box Dice 0.69)
     args = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
             str(REPO / "bundles/conv_lora_demo_interactive.json")]
     overrides = {"bundle_root": str(REPO), "dataset_dir": str(root / "data"), "output_dir": str(root / "run"),
-                 "slice_step": "12", "max_epochs": "1", "overlays": "0", "experiment_name": "label_test"}
+                 "slice_step": "12", "max_epochs": "1", "box_probability": "0.0", "overlays": "0",
+                 "experiment_name": "label_test"}
     for key, value in overrides.items():
         args += [f"--{key}", value]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
@@ -389,7 +392,7 @@ def test_second_prompt_on_an_image_skips_the_encoder(server, tmp_path) -> None:
 def test_clicks_alone_segment_the_structure(server) -> None:
     """One foreground click at the structure's centre: a click-trained model answers with a mask on the structure,
     not the empty mask the box-trained demo returned (Dice 0.0, issue #15). The fixture's model is a one-epoch
-    fine-tune on 13 slices, so the bar is low; the full interactive demo reaches Dice 0.56 after one click on average
+    fine-tune on 13 slices, so the bar is low; the full interactive demo reaches Dice 0.65 after one click on average
     over the held-out slices (README)."""
     mask = server["mask"]
     rows, cols = np.nonzero(mask)
@@ -398,9 +401,11 @@ def test_clicks_alone_segment_the_structure(server) -> None:
     one_click = np.asarray(Image.open(one_file)) > 0
     chance = 2 * mask.mean() * one_click.mean() / (mask.mean() + one_click.mean())
     assert one["pixels"] > 0 and _dice(one_click, mask) > max(0.25, 10 * chance), (_dice(one_click, mask), chance)
-    # a background click far outside the structure: still a mask on the structure
-    two_file, _ = _client(server).infer("thalamus", "slice", {"foreground": [centre], "background": [[5, 5]]})
-    assert _dice(np.asarray(Image.open(two_file)) > 0, mask) > 0.25
+    # a background click far outside the structure ("not here") corrects nothing: still a mask on the structure, at
+    # least as good as the click alone (as a point token it tripled the mask: Dice 0.16-0.18, settled_negative)
+    two_file, two = _client(server).infer("thalamus", "slice", {"foreground": [centre], "background": [[5, 5]]})
+    two_dice = _dice(np.asarray(Image.open(two_file)) > 0, mask)
+    assert two_dice > max(0.25, _dice(one_click, mask) - 0.05) and two["decoder_passes"] == 1, (two_dice, two)
     server["click_dice"] = _dice(one_click, mask)
 
 
