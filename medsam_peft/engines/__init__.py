@@ -18,6 +18,7 @@ from medsam_peft.engines.handlers import (
     ProgressBar,
     ResumeCheckpoint,
     RngState,
+    RunSettings,
     SafeMLFlowHandler,
 )
 from medsam_peft.engines.inferer import AutocastInferer
@@ -63,6 +64,6 @@ __all__ = [
     "SemanticSegmentationMetric",
     "AdapterState", "AutocastInferer", "AuxLossHandler", "BestAdapterCheckpoint", "BalancedBCEWithLogitsLoss", "BalancedErrorRate",
     "EpochSummary", "GradientClipHandler", "MetricProgressReport", "OverlayWriter", "ProgressBar",
-    "ResumeCheckpoint", "RngState", "SafeMLFlowHandler", "SodMetric", "StructureLoss", "dice_score", "lower_is_better",
+    "ResumeCheckpoint", "RngState", "RunSettings", "SafeMLFlowHandler", "SodMetric", "StructureLoss", "dice_score", "lower_is_better",
     "check_settings", "optimizer_groups", "predict_volumes", "prompt_keys", "require_datalist", "write_metrics", "tracked_params", "write_parameter_report",
 ]

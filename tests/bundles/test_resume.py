@@ -94,3 +94,20 @@ def test_killed_run_resumes_to_the_same_result(tmp_path) -> None:
     assert resumed["train_loss"] == history["train_loss"] and resumed["train_mean_dice"] == history["train_mean_dice"]
     assert sorted(set(resumed["val_mean_dice"])) == history["val_mean_dice"]  # the resumed start re-validates once
     assert artifacts == resumed_artifacts
+
+    # the same folder started again with another learning rate: refused with one line naming the setting, before any
+    # epoch; the finished run's files and MLflow run stay as they were (was: "nothing left to train" and the old run's
+    # metric report, as if the new setting had been trained)
+    before = read_adapter(tmp_path / "straight" / "adapter_final.safetensors")["state_dict"]
+    changed = [a if a != "0.0002" else "0.0005" for a in _command(tmp_path / "straight", data)]
+    refused = subprocess.run(changed + ["--max_epochs", "4"], capture_output=True, text=True, env=_env(), cwd=REPO,
+                             timeout=900)
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert refused.returncode == 1 and len(errors) == 1 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    assert "was written by a run with other settings (settings: learning_rate 0.0002 in the file, 0.0005 now)" \
+        in errors[0] and "--resume False" in errors[0], errors[0]
+    assert "epoch 4/4" not in refused.stdout + refused.stderr
+    after = read_adapter(tmp_path / "straight" / "adapter_final.safetensors")["state_dict"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    run, history_after, _ = _mlflow_run(tmp_path / "straight")
+    assert history_after["train_loss"] == history["train_loss"]

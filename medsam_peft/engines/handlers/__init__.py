@@ -11,8 +11,9 @@ from medsam_peft.engines.handlers.overlay_writer import OverlayWriter
 from medsam_peft.engines.handlers.progress_bar import ProgressBar
 from medsam_peft.engines.handlers.resume_checkpoint import ResumeCheckpoint
 from medsam_peft.engines.handlers.rng_state import RngState
+from medsam_peft.engines.handlers.run_settings import RunSettings
 
 __all__ = [
     "AdapterState", "AuxLossHandler", "BestAdapterCheckpoint", "EpochSummary", "GradientClipHandler", "MetricProgressReport", "OverlayWriter",
-    "ProgressBar", "ResumeCheckpoint", "RngState", "SafeMLFlowHandler",
+    "ProgressBar", "ResumeCheckpoint", "RngState", "RunSettings", "SafeMLFlowHandler",
 ]
