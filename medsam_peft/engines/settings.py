@@ -183,7 +183,10 @@ def _check_tuner_options(settings: Mapping[str, Any]) -> None:
     try:
         make_tuner_config(settings["tuner"], **dict(settings.get("tuner_options") or {}))
     except (ConfigError, TypeError) as err:
-        raise ConfigError(f"setting 'tuner_options' for tuner {settings['tuner']!r}: {err}") from None
+        # a bundle's tuner_options are written for its own tuner, so '--tuner lora' on a Conv-LoRA bundle lands here
+        hint = (f" (a bundle's tuner_options are for its own tuner: add --tuner_options '{{}}' for {settings['tuner']}'s "
+                "defaults)") if "unknown option" in str(err) else ""
+        raise ConfigError(f"setting 'tuner_options' for tuner {settings['tuner']!r}: {err}{hint}") from None
 
 
 def _check_tuner_fits_the_backbone(settings: Mapping[str, Any]) -> None:

@@ -37,6 +37,8 @@ SETTINGS = [
     ({"tuner": "nosuch"}, ["'tuner'", "'conv_lora'"]),
     ({"backbone": "vit_q"}, ["'backbone'", "'vit_b'"]),
     ({"tuner_options": '{"rr": 3}'}, ["'tuner_options'", "unknown option(s) ['rr']"]),
+    # another tuner on a Conv-LoRA bundle keeps the bundle's Conv-LoRA options: the line says how to drop them
+    ({"tuner": "lora"}, ["'tuner_options' for tuner 'lora'", "['num_experts']", "--tuner_options '{}' for lora's"]),
     ({"precision": "fp8"}, ["'precision'", "'bfloat16'"]),
     ({"attention": "fast"}, ["'attention'", "'chunked'"]),
     ({"cpu_allocator": "fast"}, ["'cpu_allocator'", "'reuse'"]),
