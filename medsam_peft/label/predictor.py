@@ -335,12 +335,9 @@ class BundlePredictor:
             embedding = self.embeddings.get_or_compute(model_input, encode)
             if self.prompt == "interactive" and mask_input is None:  # a box, clicks or both
                 low_res, passes = self._decode_click_rounds(sam, embedding, model_input, box, points, point_labels)
-            else:
-                low_res = sam.decode(embedding, box, points, point_labels, mask_input)
-                lone_click = self.multimask and box is None and mask_input is None and len(prompts.points) == 1
-                if lone_click:
-                    low_res = sam.decode_lone_click(embedding, points, point_labels, low_res)
-                passes = 2 if lone_click else 1
+            else:  # a box-trained or prompt-free model, or a propagated mask prompt: one pass (multimask is only
+                # ever set for interactive models, whose lone clicks _decode_click_rounds answers)
+                low_res, passes = sam.decode(embedding, box, points, point_labels, mask_input), 1
             logits = sam.upscale(low_res, model_input.shape[-2:]).float()
         if counts is not None:
             counts["encoder_passes"] = counts.get("encoder_passes", 0) + len(encoded)
@@ -380,9 +377,10 @@ class BundlePredictor:
             click = clicks[k - 1]
             if not settled_negative(click, previous, image_size, self.click_radius):
                 tokens.append(click)
+            lone = self.multimask and previous is None and box is None  # decode_clicks' multimask round: 2 passes
             previous = decode_clicks(sam, embedding, box, [list(clicks[:k])], previous, multimask=self.multimask,
                                      click_radius=self.click_radius, tokens=[tokens])
-            passes += 2 if self.multimask and k == 1 and box is None else 1
+            passes += 2 if lone else 1
         with self._lock:
             self._click_rounds[key] = (clicks, tuple(tokens), previous)
             self._click_rounds.move_to_end(key)
