@@ -10,6 +10,7 @@ import torch
 from medsam_peft.models import TrunkEmbeddingCache, build_sam, set_activation_checkpointing, set_attention_backend
 from medsam_peft.tuners import build_tuned_sam, get_tuned_model
 from medsam_peft.tuners.conv_lora import ScaleConvExpert, set_expert_fast_path
+from medsam_peft.tuners.conv_lora.moe import window_bucket
 
 BOXES = torch.tensor([[8.0, 10.0, 90.0, 100.0], [30.0, 20.0, 120.0, 70.0]])
 
@@ -339,7 +340,7 @@ def test_memory_budget_stops_keeping_entries_instead_of_evicting() -> None:
     assert len(cache.memory) == 1 and (cache.misses, cache.hits) == (5, 1)
 
 
-# ---- Conv-LoRA experts in float32 channels-last on the CPU -------------------------------------------------------
+# ---- Conv-LoRA experts as matrix products on the CPU ------------------------------------------------------------
 def test_conv_lora_expert_fast_path_equals_the_plain_path_in_values_and_gradients() -> None:
     torch.manual_seed(0)
     model = build_tuned_sam("vit_tiny", tuner="conv_lora", tuner_options={"init_weights": False})
@@ -355,27 +356,53 @@ def test_conv_lora_expert_fast_path_equals_the_plain_path_in_values_and_gradient
         torch.testing.assert_close(fast_grads[name], grad, rtol=1e-3, atol=1e-6, msg=name)
 
 
-def test_conv_lora_expert_fast_path_runs_channels_last_in_float32_and_in_bf16_inference() -> None:
+@pytest.mark.parametrize("scale", [1, 2, 5, 8])
+@pytest.mark.parametrize("count", [1, 5, 37])  # 37 windows are padded to 64
+def test_conv_lora_expert_matrix_form_is_the_plain_expert_in_float64(scale, count) -> None:
+    """Up-scaling + 3x3 convolution as products with the shifted bicubic matrices, the window padding and the
+    bicubic down-scaling: the plain expert's values and gradients (input, weight, bias) to float64 rounding, on a
+    non-square grid with a non-zero bias."""
+    torch.manual_seed(scale * 100 + count)
+    expert = ScaleConvExpert(3, scale=scale).double()
+    torch.nn.init.normal_(expert.conv.weight, std=0.5)
+    torch.nn.init.normal_(expert.conv.bias, std=0.5)
+    x = torch.randn(count, 3, 6, 9, dtype=torch.float64)
+    upstream = torch.randn(count, 3, 6, 9, dtype=torch.float64)
+    results = []
+    for fast in (False, True):
+        expert.zero_grad(set_to_none=True)
+        inp = x.clone().requires_grad_(True)
+        out = expert._fast(inp) if fast else expert(inp)  # forward runs the plain path for float64 input
+        (out * upstream).sum().backward()
+        results.append([out.detach(), inp.grad, expert.conv.weight.grad, expert.conv.bias.grad])
+    for plain, fast, what in zip(*results, ("output", "input grad", "weight grad", "bias grad")):
+        torch.testing.assert_close(fast, plain, rtol=0, atol=1e-12 * max(1.0, float(plain.abs().max())), msg=what)
+
+
+def test_window_bucket_rounds_up_to_few_shapes() -> None:
+    assert [window_bucket(n) for n in (1, 2, 3, 5, 17, 32, 33, 64, 65, 90)] == [1, 2, 4, 8, 32, 32, 64, 64, 96, 96]
+
+
+def test_conv_lora_expert_path_per_dtype_autocast_and_switch() -> None:
+    """The matrix form runs for float32 without autocast and for bf16 input under bf16 autocast, with or without
+    autograd; float32 input under autocast and the switched-off expert run the convolution (the plain path)."""
     torch.manual_seed(0)
     expert = ScaleConvExpert(3, scale=3)
     torch.nn.init.normal_(expert.conv.weight)
-    seen: list[tuple[torch.dtype, bool]] = []
-    expert.conv.register_forward_hook(
-        lambda module, args, out: seen.append((args[0].dtype, args[0].is_contiguous(memory_format=torch.channels_last))))
+    convolutions: list[torch.dtype] = []
+    expert.conv.register_forward_hook(lambda module, args, out: convolutions.append(args[0].dtype))
     x = torch.randn(4, 3, 14, 14)
     fast = expert(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         with torch.no_grad():
-            under_autocast = expert(x.bfloat16())
-            expert(x)  # float32 input under autocast (not what the bottleneck gives): the plain path
-        expert(x.bfloat16().requires_grad_(True))  # bf16 training: the plain path
+            inference = expert(x.bfloat16())
+        training = expert(x.bfloat16().requires_grad_(True))
+        assert convolutions == []  # three calls, no convolution module ran
+        expert(x)  # float32 input under autocast (not what the bottleneck gives): the plain path
     expert.cpu_fast_path = False
     plain = expert(x)
-    assert seen[0] == (torch.float32, True)  # fast: channels-last float32
-    assert seen[1] == (torch.bfloat16, True) and under_autocast.dtype == torch.bfloat16  # inference: channels-last bf16
-    assert seen[2] == (torch.float32, False)  # the plain path (autocast casts inside the convolution)
-    assert seen[3] == (torch.bfloat16, False)
-    assert seen[4] == (torch.float32, False)
+    assert convolutions == [torch.float32, torch.float32]
+    assert inference.dtype == training.dtype == torch.bfloat16 and training.requires_grad
     torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
 
 
@@ -390,14 +417,12 @@ def test_conv_lora_expert_bf16_fast_path_is_as_accurate_as_the_plain_bf16_path(s
     upstream = torch.randn(24, 3, 7, 7)
 
     def run(fast: bool, dtype: torch.dtype = torch.bfloat16):
-        # the fast arithmetic called directly: forward takes it under bf16 only without autograd, gradients are
-        # checked here all the same (it is what float32 training runs)
-        expert.cpu_fast_path = False
+        expert.cpu_fast_path = fast
         probe = copy.deepcopy(expert).to(dtype) if dtype == torch.float64 else expert
         probe.zero_grad(set_to_none=True)
         inp = x.to(dtype).clone().requires_grad_(True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype != torch.float64):
-            out = probe._fast(inp) if fast else probe(inp)
+            out = probe(inp)
         (out.double() * upstream.double()).sum().backward()
         return [t.detach().double() for t in (out, inp.grad, probe.conv.weight.grad)]
 
@@ -406,6 +431,32 @@ def test_conv_lora_expert_bf16_fast_path_is_as_accurate_as_the_plain_bf16_path(s
         plain_error, fast_error = (plain - exact).abs().max(), (fast - exact).abs().max()
         assert fast_error <= 2 * plain_error + 1e-6, (what, float(fast_error), float(plain_error))
         assert fast_error <= 2 ** -6 * exact.abs().max(), (what, float(fast_error))  # bf16: 8 significant bits
+
+
+def test_conv_lora_bf16_training_step_fast_path_matches_the_plain_path_in_a_tuned_model() -> None:
+    """A bf16 training step (what the bundles run on a bf16 CPU) through the matrix-form experts: the same logits and
+    parameter gradients as the plain experts, to bf16 rounding."""
+    torch.manual_seed(0)
+    model = build_tuned_sam("vit_tiny", tuner="conv_lora", tuner_options={"init_weights": False})
+    images = torch.randn(2, 3, 128, 128)
+    runs = {}
+    for fast in (False, True):
+        set_expert_fast_path(model, fast)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            runs[fast] = _train_step_grads(model, images)
+    (plain_logits, plain_grads), (fast_logits, fast_grads) = runs[False], runs[True]
+    assert any("conv_lora_experts" in name for name in fast_grads) and plain_grads.keys() == fast_grads.keys()
+    assert float((fast_logits.float() - plain_logits.float()).abs().max()) < 0.05 * float(plain_logits.abs().max())
+    largest = max(float(grad.norm()) for grad in plain_grads.values())
+    compared = 0
+    for name, grad in plain_grads.items():
+        if float(grad.norm()) < 1e-4 * largest:
+            continue  # the attention key biases: softmax ignores a shift shared by all keys, their gradient is noise
+        cosine = torch.nn.functional.cosine_similarity(fast_grads[name].flatten().double(),
+                                                       grad.flatten().double(), dim=0)
+        assert cosine > 0.99, (name, float(cosine))
+        compared += 1
+    assert compared > 100
 
 
 def test_conv_lora_bf16_inference_fast_path_matches_the_plain_path_in_a_tuned_model() -> None:

@@ -92,21 +92,49 @@ def bicubic_matrix(size_in: int, size_out: int, device: torch.device,
     return resampled.T.to(device=device, dtype=dtype).contiguous()
 
 
+@functools.lru_cache(maxsize=256)
+def tap_resampling_matrix(size_in: int, size_out: int, device: torch.device,
+                          dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(size_out, 3 * size_in) matrix ``[U_-1 | U_0 | U_+1]``: ``U`` resamples one axis from ``size_in`` to
+    ``size_out`` (``bicubic_matrix``; the identity when the sizes are equal) and ``U_d`` is ``U`` with its rows moved
+    by ``d`` (row p of ``U_d`` is row p + d of ``U``, zero outside): the up-sampled row that a 3x3 convolution's tap
+    ``d`` reads at output row p, with the convolution's zero padding. Built in float64, rounded once to ``dtype``."""
+    if size_in == size_out:
+        resampling = torch.eye(size_in, dtype=torch.float64)
+    else:
+        resampling = bicubic_matrix(size_in, size_out, torch.device("cpu"), torch.float64)
+    taps = torch.zeros(size_out, 3, size_in, dtype=torch.float64)
+    for tap, shift in enumerate((-1, 0, 1)):
+        first, stop = max(0, -shift), min(size_out, size_out - shift)
+        taps[first:stop, tap] = resampling[first + shift:stop + shift]
+    return taps.reshape(size_out, 3 * size_in).to(device=device, dtype=dtype).contiguous()
+
+
+def window_bucket(count: int, step: int = 32) -> int:
+    """Window count rounded up to a power of two up to ``step``, to a multiple of ``step`` above.
+
+    The gate gives each expert another number of windows every step, and oneDNN builds (JIT-compiles) a kernel for
+    every new matrix shape of a bf16 product: that took more time than the experts' arithmetic (LiteMedSAM bf16
+    training step: Conv-LoRA 1.21x LoRA with exact counts, 1.11-1.14x with these buckets, same run). The padded
+    windows are zeros whose outputs are dropped; each window's output does not depend on the others.
+    """
+    if count <= step:
+        return 1 << max(count - 1, 0).bit_length()
+    return -(-count // step) * step
+
+
 class ScaleConvExpert(nn.Module):
     """Bicubic up-scaling by ``scale``, 3x3 convolution r->r (zero bias), GELU, bicubic back to the input size.
 
-    ``cpu_fast_path`` (on by default), on the CPU in float32 without autocast (``precision`` float32, e.g. every
-    AVX2-only CPU) and, without autograd (inference, validation), in bf16 under bf16 autocast (``precision`` auto on
-    CPUs with native bf16): both resamplings are products with precomputed bicubic matrices (``bicubic_matrix``) and
-    the convolution runs channels-last. Its
-    convolutions have only r (3-8) channels on up-scaled windows, where oneDNN's NCHW kernels are slow and
-    ``F.interpolate`` (and its backward) is slower still: a 3->3 3x3 convolution forward + backward on
-    (110, 3, 49, 49) took 68 ms NCHW and 16.5 ms channels-last on this project's CPU. The values are the plain path's
-    (tested: float32 outputs and gradients equal to rounding, bf16 as accurate as the plain bf16 path). bf16
-    training keeps the plain path: any change of its arithmetic moves the training trajectory (running the experts in
-    float32 under bf16, or this bf16 path, left the label-server tests' one-epoch click-trained model answering a
-    lone click with Dice 0.06-0.08 instead of > 0.25), so it waits until the recorded training figures are re-run.
-    Graph capture (TorchScript, ONNX, ``torch.compile``) always records the plain path.
+    ``cpu_fast_path`` (on by default; ``set_expert_fast_path``), on the CPU in float32 without autocast and in bf16
+    under bf16 autocast (``precision`` auto on CPUs with native bf16), training and inference: the up-scaling and the
+    convolution are one linear map, computed as two matrix products on the small grid's taps (``_fast``), and the
+    down-scaling is a product with precomputed bicubic matrices. The plain path runs an r-channel (3-8) convolution
+    on the up-scaled grid, where oneDNN is slow, and ``F.interpolate`` twice, slower still in backward: on this
+    project's CPU (bf16, forward + backward, 110 windows of 7x7, scale 8) 39.2 ms plain, 2.8 ms fused. The values
+    are the plain path's (tested: float64 equal to 1e-12, float32 outputs and gradients equal to rounding, bf16 as
+    accurate as the plain bf16 path against float64). Graph capture (TorchScript, ONNX, ``torch.compile``) records
+    the plain path.
     """
 
     def __init__(self, channels: int, scale: int, cpu_fast_path: bool = True) -> None:
@@ -120,11 +148,8 @@ class ScaleConvExpert(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.cpu_fast_path and x.device.type == "cpu" and not graph_capture():
             if torch.is_autocast_enabled("cpu"):
-                # bf16 autocast, inference and validation only: the products and the convolution run in bf16 as the
-                # plain path's resamplings and convolution do, equal to bf16 rounding; bf16 training keeps the plain
-                # path, whose trajectory every recorded training figure (README, tests' fine-tunes) comes from
-                if (torch.get_autocast_dtype("cpu") == torch.bfloat16 and x.dtype == torch.bfloat16
-                        and not torch.is_grad_enabled()):
+                # the bottleneck under bf16 autocast is bf16: the fast path computes in bf16 as the plain path does
+                if torch.get_autocast_dtype("cpu") == torch.bfloat16 and x.dtype == torch.bfloat16:
                     return self._fast(x)
             elif x.dtype == torch.float32:
                 return self._fast(x)
@@ -137,17 +162,31 @@ class ScaleConvExpert(nn.Module):
         return x
 
     def _fast(self, x: torch.Tensor) -> torch.Tensor:
-        """The plain path's arithmetic for CPU input: float32 outside autocast, bf16 under it (``forward`` checks)."""
-        height, width = x.shape[-2:]
-        device, dtype = x.device, x.dtype
+        """The plain path's arithmetic in another order, for (N, C, h, w) CPU input in float32, or bf16 under autocast.
+
+        The convolution of the up-scaled grid ``U_h X U_w^T`` is, per output channel o,
+        ``sum over taps (dy, dx) of U_h,dy (sum_i W[o, i, dy, dx] X_i) U_w,dx^T``: the channels are mixed per tap on
+        the small grid (one product with the weights), the 9 taps laid out as a (3h, 3w) grid per channel, and
+        ``tap_resampling_matrix`` sums them while up-scaling (two products). Nothing of size C x sh x sw exists before
+        the convolution's output.
+        """
+        count = x.shape[0]
+        padded = window_bucket(count)
+        if padded != count:
+            x = torch.cat([x, x.new_zeros(padded - count, *x.shape[1:])])
+        batch, channels, height, width = x.shape
+        dtype = x.dtype
+        weight = self.conv.weight.permute(0, 2, 3, 1).reshape(channels * 9, channels)  # rows (o, dy, dx), columns i
+        taps = F.linear(x.permute(0, 2, 3, 1), weight.to(dtype))  # (N, h, w, C * 9)
+        taps = taps.view(batch, height, width, channels, 3, 3).permute(0, 3, 4, 1, 5, 2)  # (N, o, dy, h, dx, w)
+        taps = taps.reshape(batch, channels, 3 * height, 3 * width)
+        up_h = tap_resampling_matrix(height, height * self.scale, x.device, dtype)
+        up_w = tap_resampling_matrix(width, width * self.scale, x.device, dtype)
+        y = self.act(up_h @ (taps @ up_w.T) + self.conv.bias.to(dtype)[:, None, None])
         if self.scale != 1:
-            x = bicubic_matrix(height, height * self.scale, device, dtype) @ x @ bicubic_matrix(
-                width, width * self.scale, device, dtype).T
-        x = self.act(self.conv(x.contiguous(memory_format=torch.channels_last)))
-        if self.scale != 1:
-            x = bicubic_matrix(height * self.scale, height, device, dtype) @ x.contiguous() @ bicubic_matrix(
-                width * self.scale, width, device, dtype).T
-        return x
+            y = bicubic_matrix(height * self.scale, height, x.device, dtype) @ (
+                y @ bicubic_matrix(width * self.scale, width, x.device, dtype).T)
+        return y[:count]
 
 
 def set_expert_fast_path(model: nn.Module, enabled: bool) -> int:
