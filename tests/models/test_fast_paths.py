@@ -379,6 +379,23 @@ def test_conv_lora_expert_matrix_form_is_the_plain_expert_in_float64(scale, coun
         torch.testing.assert_close(fast, plain, rtol=0, atol=1e-12 * max(1.0, float(plain.abs().max())), msg=what)
 
 
+def test_conv_lora_expert_fast_path_takes_monai_metatensors() -> None:
+    """Images from a MONAI pipeline are MetaTensors with per-image metadata, and so are the activations; the windows
+    cut from them (6 from 2 images, padded to 8) must not be sliced as a batch of images (MONAI refused: inconsistent
+    batched metadata)."""
+    from monai.data import MetaTensor
+    from monai.data.utils import list_data_collate
+
+    torch.manual_seed(0)
+    expert = ScaleConvExpert(3, scale=2)
+    torch.nn.init.normal_(expert.conv.weight)
+    images = list_data_collate([{"image": MetaTensor(torch.randn(3, 7, 21), meta={"filename_or_obj": f"{i}.png"})}
+                                for i in range(2)])["image"]
+    windows = images.reshape(2, 3, 7, 3, 7).permute(0, 3, 1, 2, 4).reshape(6, 3, 7, 7)
+    assert isinstance(windows, MetaTensor) and windows.is_batch
+    torch.testing.assert_close(expert(windows).as_subclass(torch.Tensor), expert(windows.as_tensor()))
+
+
 def test_window_bucket_rounds_up_to_few_shapes() -> None:
     assert [window_bucket(n) for n in (1, 2, 3, 5, 17, 32, 33, 64, 65, 90)] == [1, 2, 4, 8, 32, 32, 64, 64, 96, 96]
 

@@ -170,6 +170,9 @@ class ScaleConvExpert(nn.Module):
         ``tap_resampling_matrix`` sums them while up-scaling (two products). Nothing of size C x sh x sw exists before
         the convolution's output.
         """
+        # a MONAI MetaTensor (images from a MONAI pipeline keep the type through the network) would try to slice
+        # per-image metadata along the window dimension; the same data as a plain tensor, in the autograd graph
+        x = x.as_subclass(torch.Tensor)
         count = x.shape[0]
         padded = window_bucket(count)
         if padded != count:
