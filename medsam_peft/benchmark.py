@@ -38,7 +38,7 @@ class BenchCase:
     trunk_cache: str = "off"
     images: int = 4  # distinct images per epoch in "epochs" mode
     cpu_allocator: str = "reuse"  # as the training workflow's default (see utils/cpu_allocator.py)
-    conv_experts: str = "fast"  # Conv-LoRA experts: "fast" (fp32 channels-last on the CPU) or "plain"
+    conv_experts: str = "fast"  # Conv-LoRA experts: "fast" (matrix products on the CPU) or "plain"
     compile: bool = False  # torch.compile the model (compiled during the warm-up steps)
 
     @property

@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--cpu-allocator", nargs="+", default=["reuse"], choices=["reuse", "system"],
                        help="reuse (default, as in training): keep freed CPU memory; system: glibc's defaults")
     bench.add_argument("--conv-experts", nargs="+", default=["fast"], choices=["fast", "plain"],
-                       help="Conv-LoRA experts: fast (default: matrix resampling, channels-last; float32 CPU runs without autocast only) or plain")
+                       help="Conv-LoRA experts: fast (default: up-scaling + convolution as matrix products, on the CPU in float32 or bf16 autocast) or plain")
     bench.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"],
                        help="torch.compile the model (compiled in the warm-up; Conv-LoRA then runs every expert)")
     bench.add_argument("--images", type=int, default=4, help="distinct images per epoch in 'epochs' mode")
