@@ -115,8 +115,9 @@ def window_bucket(count: int, step: int = 32) -> int:
 
     The gate gives each expert another number of windows every step, and oneDNN builds (JIT-compiles) a kernel for
     every new matrix shape of a bf16 product: that took more time than the experts' arithmetic (LiteMedSAM bf16
-    training step: Conv-LoRA 1.21x LoRA with exact counts, 1.11-1.14x with these buckets, same run). The padded
-    windows are zeros whose outputs are dropped; each window's output does not depend on the others.
+    training step, interleaved in one process: Conv-LoRA 1.21x LoRA with exact counts, 1.11-1.14x with these
+    buckets). The padded windows are zeros whose outputs are dropped; each window's output does not depend on the
+    others.
     """
     if count <= step:
         return 1 << max(count - 1, 0).bit_length()
